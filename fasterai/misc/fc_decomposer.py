@@ -4,22 +4,45 @@
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #632713b3
 from __future__ import annotations
-import copy, numbers, warnings
+import copy, fnmatch, numbers, warnings
+import pandas as pd
 import torch
+from fastcore.basics import patch, store_attr
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['check_rank_ratio', 'rank_from_ratio', 'svd', 'truncate', 'low_rank_linear', 'named_linears', 'swap_module',
-           'FC_Decomposer']
+__all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', 'rank_from_ratio', 'rank_from_energy',
+           'truncation_error', 'allocate_budget', 'svd', 'truncate', 'linear_pair', 'low_rank_linear', 'named_linears',
+           'swap_module', 'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
-def check_rank_ratio(rank_ratio) -> float:
-    "`rank_ratio` as a float if it is a number in (0, 1], else a `ValueError` that names it"
-    if isinstance(rank_ratio, bool) or not isinstance(rank_ratio, numbers.Real) or not 0 < rank_ratio <= 1:
-        raise ValueError(f"rank_ratio must be a number in (0, 1], got {rank_ratio!r}")
-    return float(rank_ratio)
+def linear_params(m:int, n:int, bias:bool=True)->int:
+    "Parameters of `nn.Linear(n, m, bias)`"
+    return m*n + m*bias
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #ca23cb4e
+# %% ../../nbs/misc/fc_decomposer.ipynb #fa9d1551
+def factored_params(m:int, n:int, k:int)->int:
+    "Parameters of the pair `Linear(n, k, bias=False)`, `Linear(k, m)` that replaces `Linear(n, m)`"
+    return k*(m+n) + m
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #72847532
+def check_fraction(value, # Value to check
+                   name:str, # Option name, for the error message
+                   top:bool=True, # Whether 1 itself is allowed
+                  )->float:
+    "`value` as a float if it is a number in (0, 1] (or (0, 1) when not `top`), else a `ValueError` naming it"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value and (value <= 1 if top else value < 1)
+    if not ok: raise ValueError(f"{name} must be a number in (0, {'1]' if top else '1)'}, got {value!r}")
+    return float(value)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #c7a308ec
+def check_rank(value, name:str='rank')->int:
+    "`value` as an int if it is a positive integer, else a `ValueError` naming it"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #ecaa6f9e
 def rank_from_ratio(m:int, # Output features of the layer
                     n:int, # Input features of the layer
                     rank_ratio:float=0.5, # Fraction of `min(m, n)` kept
@@ -27,40 +50,80 @@ def rank_from_ratio(m:int, # Output features of the layer
     "Rank kept for an `m` x `n` weight: a fraction `rank_ratio` of `min(m, n)`, rounded down, at least 1"
     return max(1, int(round(rank_ratio*min(m, n), 6)))
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #c7a308ec
+# %% ../../nbs/misc/fc_decomposer.ipynb #f40b4681
+def rank_from_energy(s:Tensor, # Singular values, in decreasing order
+                     energy:float, # Fraction of the energy `sum(s**2)` to keep
+                    )->int:
+    "Fewest leading singular values of `s` whose squares hold a fraction `energy` of the total"
+    e = s.double().square().cumsum(0)
+    return min(len(s), int((e < energy*e[-1]).sum()) + 1)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #dee7d29a
+def truncation_error(s:Tensor, # Singular values, in decreasing order
+                     k:int, # Rank kept
+                    )->tuple[float, float]:
+    "`(energy_kept, rel_error)` of keeping `k` singular values: rel_error is ‖W − W_k‖_F / ‖W‖_F, exactly (Eckart–Young)"
+    e = s.double().square()
+    total = e.sum()
+    if total == 0: return 1.0, 0.0
+    return float(e[:k].sum()/total), float((e[k:].sum()/total).sqrt())
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #78a035f4
+def allocate_budget(spectra:list, # (singular values, m, n) of each layer
+                    n_params:int, # Parameters the layers may have in total after decomposition
+                   )->list[int]:
+    "Ranks for the layers of `spectra` that fit in `n_params` parameters with the least total relative squared error"
+    ks = [1]*len(spectra)
+    left = n_params - sum(factored_params(m, n, 1) for _,m,n in spectra)
+    gains = [(float(g)/(m+n), i, j) for i,(s,m,n) in enumerate(spectra)
+             for j,g in enumerate(s[1:].double().square()/s.double().square().sum().clamp_min(1e-300), 1)]
+    for _,i,j in sorted(gains, key=lambda o: -o[0]):
+        _,m,n = spectra[i]
+        if m+n <= left and j == ks[i]: ks[i],left = j+1,left-(m+n)
+    return ks
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #04692f87
 def svd(w:Tensor)->tuple[Tensor, Tensor, Tensor]:
     "Thin SVD `u, s, vh` of `w`, on its device, in float32 or better whatever its dtype"
     return torch.linalg.svd(w.detach().to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #707b27fa
+# %% ../../nbs/misc/fc_decomposer.ipynb #35daf411
 def truncate(u:Tensor, s:Tensor, vh:Tensor, # Thin SVD of an `m` x `n` matrix
              k:int, # Rank kept
             )->tuple[Tensor, Tensor]:
     "Rank-`k` factors `(a, b)` with `a = S_k V_k^T` (`k` x `n`) and `b = U_k` (`m` x `k`): `b@a` is the truncated SVD"
     return s[:k,None]*vh[:k], u[:,:k]
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #4589b6b5
+# %% ../../nbs/misc/fc_decomposer.ipynb #9215c042
+def linear_pair(lin:nn.Linear, # Layer replaced: gives the shapes, device, dtype, mode and `requires_grad`
+                k:int, # Inner rank
+               )->nn.Sequential:
+    "Uninitialised `Sequential(Linear(n, k, bias=False), Linear(k, m))` to replace `lin`"
+    (m,n),w = lin.weight.shape,lin.weight
+    kw = dict(device=w.device, dtype=w.dtype)
+    pair = nn.Sequential(nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw), nn.utils.skip_init(nn.Linear, k, m, **kw))
+    return pair.train(lin.training).requires_grad_(w.requires_grad)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #03d0584f
 def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n, k, bias=False)`
                     b:Tensor, # Second factor, `m` x `k`: the weight of `Linear(k, m)`
                     lin:nn.Linear, # Layer replaced: gives the bias (zeros if it has none), device, dtype and mode
                    )->nn.Sequential:
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `b @ a @ x + lin.bias`"
-    (k,n),m,w = a.shape,b.shape[0],lin.weight
-    kw = dict(device=w.device, dtype=w.dtype)
-    first,second = nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw),nn.utils.skip_init(nn.Linear, k, m, **kw)
+    pair = linear_pair(lin, a.shape[0])
     with torch.no_grad():
-        first.weight.copy_(a)
-        second.weight.copy_(b)
-        if lin.bias is None: second.bias.zero_()
-        else: second.bias.copy_(lin.bias)
-    return nn.Sequential(first, second).train(lin.training).requires_grad_(w.requires_grad)
+        pair[0].weight.copy_(a)
+        pair[1].weight.copy_(b)
+        if lin.bias is None: pair[1].bias.zero_()
+        else: pair[1].bias.copy_(lin.bias)
+    return pair
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #dee7d29a
+# %% ../../nbs/misc/fc_decomposer.ipynb #c2b29ecf
 def named_linears(model:nn.Module)->dict[nn.Linear, str]:
     "Each `nn.Linear` of `model`, once even when it is used at several places, with its first qualified name"
     return {m:name for name,m in model.named_modules() if isinstance(m, nn.Linear)}
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #5394e4da
+# %% ../../nbs/misc/fc_decomposer.ipynb #f7e1340c
 def swap_module(model:nn.Module, # Model rewritten in place
                 old:nn.Module, # Module replaced wherever it is referenced
                 new:nn.Module, # Replacement
@@ -72,24 +135,206 @@ def swap_module(model:nn.Module, # Model rewritten in place
             if child is old: setattr(parent, name, new)
     return model
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #8505f42a
+# %% ../../nbs/misc/fc_decomposer.ipynb #4562ba3a
+def matches(entry, # A module name, a glob, or a module class
+            model:nn.Module, # The model
+            name:str, # Qualified name of a layer of `model`
+           )->bool:
+    "Whether `entry` names the layer `name` of `model`, or one of the modules containing it"
+    parts = name.split('.') if name else []
+    paths = ['.'.join(parts[:i]) for i in range(len(parts)+1)]
+    if isinstance(entry, type): return any(isinstance(model.get_submodule(p), entry) for p in paths)
+    return any(fnmatch.fnmatchcase(p, entry) for p in paths[1:])
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #7e72f1b2
+def blocked(model:nn.Module)->dict[nn.Linear, str]:
+    "The `nn.Linear` layers of `model` that cannot be replaced, with the reason"
+    res,owners = {},{}
+    for name,mod in model.named_modules():
+        for p in mod._parameters.values():
+            if p is not None: owners.setdefault(id(p), []).append(name)
+        if isinstance(mod, nn.MultiheadAttention) and isinstance(mod.out_proj, nn.Linear):
+            res[mod.out_proj] = f"nn.MultiheadAttention '{name}' reads its out_proj weight directly"
+    for lin,name in named_linears(model).items():
+        others = [o for o in owners[id(lin.weight)] if o != name]
+        if others and lin not in res: res[lin] = f"weight shared with '{others[0]}'"
+    return res
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #fa34c75c
+def _no_fast_path(module, args): "A no-op forward pre-hook: torch's fused transformer path is skipped for hooked layers"
+
+def keep_off_fast_path(model:nn.Module)->nn.Module:
+    "Send `nn.TransformerEncoder(Layer)`s whose feed-forward layers were replaced down torch's Python path"
+    changed = lambda l: isinstance(l, nn.TransformerEncoderLayer) and not (type(l.linear1) is type(l.linear2) is nn.Linear)
+    for mod in model.modules():
+        if changed(mod) and _no_fast_path not in mod._forward_pre_hooks.values(): mod.register_forward_pre_hook(_no_fast_path)
+        if isinstance(mod, nn.TransformerEncoder) and any(map(changed, mod.layers)): mod.use_nested_tensor = False
+    return model
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #4efa6d12
+class DecompositionReport(pd.DataFrame):
+    "Per-layer report of a decomposition, shown with its totals"
+    _metadata = ['model_params', 'budget']
+    def __init__(self, *args, **kwargs): super().__init__(*args, **kwargs) # A signature the docs can read (pandas' has unresolvable annotations)
+    @property
+    def _constructor(self): return DecompositionReport
+
+    def totals(self)->str:
+        "Parameters of the layers and of the whole model, before and after"
+        b,a = int(self.params_before.sum()),int(self.params_after.sum())
+        pct = lambda b,a: f"{100*(a-b)/b:+.1f}%" if b else "n/a"
+        res = f"layers: {b:,} -> {a:,} parameters ({pct(b, a)})"
+        mb,bud = getattr(self, 'model_params', None),getattr(self, 'budget', None)
+        if mb is not None: res += f"; model: {mb:,} -> {mb-b+a:,} ({pct(mb, mb-b+a)})"
+        if bud is not None: res += f"\nbudget {bud[0]:.1%} of the selected layers' parameters: achieved {bud[1]:.2%}"
+        return res
+
+    def __repr__(self): return f"{super().__repr__()}\n{self.totals()}"
+    def _repr_html_(self): return f"{super()._repr_html_()}<p>{self.totals()}</p>"
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #3eaf1ddf
 class FC_Decomposer:
     "Factorise the `nn.Linear` layers of a model into pairs of thinner layers with a truncated SVD"
     def __init__(self,
-        rank_ratio:float=0.5, # Fraction of singular values kept per layer, in (0, 1]: lower compresses more and loses more
-    ): self.rank_ratio = check_rank_ratio(rank_ratio)
+        rank_ratio:float|None=None, # Fraction of `min(m, n)` kept per layer, in (0, 1]; 0.5 when no other policy is given
+        energy_threshold:float|None=None, # Keep the fewest singular values holding this fraction of each layer's energy, in (0, 1]
+        rank:int|dict|None=None, # Rank kept, for every layer, or per layer as `{name or glob: rank}` (first match wins)
+        budget:float|None=None, # Fraction of the selected layers' parameters kept in total, in (0, 1)
+        layers:list|None=None, # Only these layers: names, globs or module classes (default: every `nn.Linear`)
+        exclude:list|None=None, # Never these layers: names, globs or module classes
+        skip_unprofitable:bool=False, # Leave a layer as it is when its pair would not have fewer parameters
+        inplace:bool=False, # Rewrite and return the model given, without copying it first
+    ):
+        given = {k:v for k,v in dict(rank_ratio=rank_ratio, energy_threshold=energy_threshold, rank=rank, budget=budget).items()
+                 if v is not None}
+        if len(given) > 1: raise ValueError(f"choose one rank policy, got {', '.join(f'{k}={v!r}' for k,v in given.items())}")
+        if not given: rank_ratio = 0.5
+        if rank_ratio is not None: check_fraction(rank_ratio, 'rank_ratio')
+        if energy_threshold is not None: check_fraction(energy_threshold, 'energy_threshold')
+        if budget is not None: check_fraction(budget, 'budget', top=False)
+        if isinstance(rank, dict):
+            for p,k in rank.items(): check_rank(k, f'rank[{p!r}]')
+        elif rank is not None: check_rank(rank)
+        for o,v in dict(layers=layers, exclude=exclude).items():
+            if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
+                raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
+        store_attr()
+        self.report,self.ranks = None,{}
 
-    def decompose(self,
-        model:nn.Module, # Model to factorise: it is deep-copied, never modified
-    )->nn.Module: # A copy with each `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
-        "A copy of `model` where every `nn.Linear` is replaced by its rank-`k` factorisation"
-        model = copy.deepcopy(model)
-        lins = named_linears(model)
-        if not lins: warnings.warn(f"{type(model).__name__} has no nn.Linear layer: returning an unchanged copy")
-        for lin in lins: model = swap_module(model, lin, self.factorize(lin))
-        return model
+# %% ../../nbs/misc/fc_decomposer.ipynb #175a2fe5
+@patch
+def _reason(self:FC_Decomposer, model, name, lin, blocks)->str|None:
+    "Why the layer `name` is left as it is, or `None` if it is to be factorised"
+    if self.layers is not None and not any(matches(e, model, name) for e in self.layers): return "not in `layers`"
+    if self.exclude is not None and any(matches(e, model, name) for e in self.exclude): return "in `exclude`"
+    if lin in blocks: return blocks[lin]
+    if isinstance(self.rank, dict) and not any(matches(p, model, name) for p in self.rank): return "no pattern of `rank` matches"
 
-    def factorize(self, lin:nn.Linear)->nn.Sequential:
-        "The rank-`k` pair replacing `lin`"
-        k = rank_from_ratio(*lin.weight.shape, self.rank_ratio)
-        return low_rank_linear(*truncate(*svd(lin.weight), k), lin)
+def _check(name, lin):
+    "Raise a `ValueError` naming the layer `name` if `lin` can't be factorised"
+    if isinstance(lin.weight, nn.parameter.UninitializedParameter):
+        raise ValueError(f"layer '{name}' is an uninitialised nn.LazyLinear: run a forward pass before decomposing")
+    for p in (lin.weight, lin.bias):
+        if p is not None and not torch.isfinite(p).all():
+            raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {'weight' if p is lin.weight else 'bias'}")
+
+@patch
+def _plan(self:FC_Decomposer, model:nn.Module)->list[dict]:
+    "One row per `nn.Linear` of `model`: its name, shape and why it is left as it is (`reason`), checked"
+    blocks,rows = blocked(model),[]
+    for lin,name in named_linears(model).items():
+        reason = self._reason(model, name, lin, blocks)
+        if reason is None: _check(name, lin)
+        m,n = lin.weight.shape
+        rows.append(dict(name=name, lin=lin, in_features=n, out_features=m, rank=None, reason=reason,
+                         params_before=linear_params(m, n, lin.bias is not None)))
+    for o in ('layers', 'rank'):
+        pats = getattr(self, o)
+        if not isinstance(pats, (list, tuple, dict)): continue
+        for p in pats:
+            if not any(matches(p, model, r['name']) for r in rows): raise ValueError(f"{o} entry {p!r} matches no nn.Linear of the model")
+    return rows
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #7d8e35e2
+@patch
+def _explicit_rank(self:FC_Decomposer, model, name)->int:
+    "The rank `rank` asks for the layer `name`: the first matching pattern's when it is a dict"
+    if not isinstance(self.rank, dict): return self.rank
+    return next(k for p,k in self.rank.items() if matches(p, model, name))
+
+@patch
+def _choose_ranks(self:FC_Decomposer, model, rows, factors):
+    "Set each row's `rank` by the policy chosen, from its spectrum in `factors` where the policy needs one"
+    if self.budget is not None:
+        target = self.budget*sum(r['params_before'] for r in rows)
+        ks = allocate_budget([(factors[r['name']][1], r['out_features'], r['in_features']) for r in rows], int(target))
+    for i,r in enumerate(rows):
+        m,n = r['out_features'],r['in_features']
+        if self.budget is not None: k = ks[i]
+        elif self.energy_threshold is not None: k = rank_from_energy(factors[r['name']][1], self.energy_threshold)
+        elif self.rank is not None:
+            k = self._explicit_rank(model, r['name'])
+            if k > min(m, n): r['reason'],k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
+        else: k = rank_from_ratio(m, n, self.rank_ratio)
+        if self.skip_unprofitable and factored_params(m, n, k) >= r['params_before']:
+            r['reason'] = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r['params_before']:,}"
+        else: r['rank'] = k
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #7014d087
+@patch
+def decompose(self:FC_Decomposer,
+    model:nn.Module, # Model to factorise: deep-copied and never modified, unless `inplace`
+)->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
+    "Factorise the selected `nn.Linear` layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
+    rows,n_params = self._plan(model),sum(p.numel() for p in model.parameters())
+    todo = [r for r in rows if r['reason'] is None]
+    if not rows: warnings.warn(f"{type(model).__name__} has no nn.Linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
+    spectral = self.energy_threshold is not None or self.budget is not None
+    factors = {r['name']:svd(r['lin'].weight) for r in todo} if spectral else {}
+    self._choose_ranks(model, todo, factors)
+    factors.update({r['name']:svd(r['lin'].weight) for r in todo if r['rank'] and r['name'] not in factors})
+    res = model if self.inplace else copy.deepcopy(model)
+    for r in todo:
+        if r['name'] not in factors: continue
+        u,s,vh = factors.pop(r['name'])
+        r['energy_kept'],r['rel_error'] = truncation_error(s, r['rank'] or len(s))
+        if r['rank'] is None: continue
+        old = res.get_submodule(r['name'])
+        res = swap_module(res, old, low_rank_linear(*truncate(u, s, vh, r['rank']), old))
+        r['params_after'] = factored_params(r['out_features'], r['in_features'], r['rank'])
+    self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
+    self.report = self._report(rows, n_params)
+    return keep_off_fast_path(res)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #f2081722
+@patch
+def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
+    cols = 'name in_features out_features rank params_before params_after energy_kept rel_error reason'.split()
+    for r in rows:
+        for c,v in dict(params_after=r['params_before'], energy_kept=1.0, rel_error=0.0).items(): r.setdefault(c, v)
+    df = DecompositionReport([{c:r[c] for c in cols} for r in rows], columns=cols).astype(dict(rank='Int64'))
+    df.model_params = n_params
+    if self.budget is not None:
+        sel = df[df.reason.fillna('').str.match('$|unprofitable')]
+        df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
+    return df
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #0ab86771
+@patch(cls_method=True)
+def from_ranks(cls:FC_Decomposer,
+    model:nn.Module, # A model of the original architecture
+    ranks:dict, # `{layer name: rank}`, as in `FC_Decomposer.ranks`
+    inplace:bool=False, # Rewrite and return `model` itself, without copying it first
+)->nn.Module: # The decomposed structure, with uninitialised weights in the new layers: load a `state_dict` into it
+    "Replace the layers named in `ranks` by uninitialised pairs of the given rank, without computing any SVD"
+    for name,k in ranks.items():
+        try: lin = model.get_submodule(name)
+        except AttributeError: raise ValueError(f"ranks names '{name}', which is not a module of the model") from None
+        if not isinstance(lin, nn.Linear): raise ValueError(f"ranks names '{name}', a {type(lin).__name__}, not an nn.Linear")
+        if check_rank(k, f"ranks[{name!r}]") > min(lin.weight.shape):
+            raise ValueError(f"ranks[{name!r}] = {k} is more than min(m, n) = {min(lin.weight.shape)}")
+    res = model if inplace else copy.deepcopy(model)
+    for name,k in ranks.items():
+        old = res.get_submodule(name)
+        res = swap_module(res, old, linear_pair(old, k))
+    return keep_off_fast_path(res)

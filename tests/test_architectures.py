@@ -1,0 +1,78 @@
+"Real architectures: forward passes run after decomposition and match the original at rank_ratio=1.0."
+import pytest, torch
+from torch import nn
+from torchvision.models import resnet18, vgg16_bn
+from fasterai.misc.all import *
+
+def n_params(m): return sum(p.numel() for p in m.parameters())
+
+def check_full_rank(model, *args, atol=1e-4, **kwargs):
+    "Decompose `model` at rank_ratio=1.0 and check that the result computes the same outputs; returns the decomposer"
+    fc = FC_Decomposer(rank_ratio=1.0)
+    new = fc.decompose(model)
+    with torch.no_grad(): a,b = model(*args, **kwargs),new(*args, **kwargs)
+    a,b = (getattr(o, 'logits', getattr(o, 'last_hidden_state', o)) for o in (a, b))
+    torch.testing.assert_close(b, a, atol=atol, rtol=1e-4)
+    return fc,new
+
+def test_vgg16_bn_full_rank():
+    torch.manual_seed(0)
+    fc,_ = check_full_rank(vgg16_bn(num_classes=2).eval(), torch.randn(2, 3, 32, 32))
+    assert fc.ranks == {'classifier.0': 4096, 'classifier.3': 4096, 'classifier.6': 2}
+
+def test_vgg16_bn_skip_unprofitable():
+    "The 4096x4096 layer at rank 2048 saves nothing: skip_unprofitable leaves it, and computes no SVD for it"
+    fc = FC_Decomposer(skip_unprofitable=True, layers=['classifier.3', 'classifier.6'])
+    model = vgg16_bn(num_classes=2)
+    new = fc.decompose(model)
+    assert type(new.classifier[3]) is nn.Linear and type(new.classifier[6]) is nn.Sequential
+    assert fc.ranks == {'classifier.6': 1}
+    r = fc.report.set_index('name')
+    assert r.reason['classifier.3'].startswith('unprofitable: rank 2048 gives 16,781,312 parameters')
+    assert r.reason['classifier.0'] == 'not in `layers`'
+    assert n_params(model) - n_params(new) == 8194 - 4100
+
+def test_resnet18_only_fc():
+    torch.manual_seed(0)
+    model = resnet18().eval()
+    fc,new = check_full_rank(model, torch.randn(2, 3, 32, 32))
+    assert list(fc.report.name) == ['fc'] and fc.ranks == {'fc': 512}
+    new = FC_Decomposer().decompose(model)
+    assert n_params(model) - n_params(new) == 512*1000 - 256*(512+1000)
+
+@pytest.mark.parametrize('batch_first', [True, False])
+@pytest.mark.parametrize('training', [False, True])
+def test_transformer_encoder(batch_first, training):
+    "Feed-forward layers are decomposed, out_proj is skipped; eval mode uses torch's fused path unless told not to"
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first)
+    model = nn.TransformerEncoder(layer, 2).train(training)
+    x = torch.randn(3, 5, 32) if batch_first else torch.randn(5, 3, 32)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[0, -2:] = True   # a padding mask triggers the nested-tensor path of nn.TransformerEncoder in eval mode
+    fc,new = check_full_rank(model, x)
+    with torch.no_grad(): a,b = model(x, src_key_padding_mask=pad),new(x, src_key_padding_mask=pad)
+    keep = ~pad if batch_first else ~pad.T   # torch's fused path zeroes padded positions, its Python path does not
+    torch.testing.assert_close(b[keep], a[keep], atol=1e-4, rtol=1e-4)
+    assert sorted(fc.ranks) == [f'layers.{i}.linear{j}' for i in (0, 1) for j in (1, 2)]
+    assert fc.report.reason.fillna('').str.contains("reads its out_proj weight directly").sum() == 2
+    small = FC_Decomposer(0.25).decompose(model)
+    with torch.no_grad(): assert small(x, src_key_padding_mask=pad).shape == x.shape
+
+def test_bert_masked_lm():
+    "A BERT-style model built from a config (random weights, no download); its LM head is tied to the embeddings"
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=16)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    ids = torch.randint(0, 100, (2, 10))
+    fc,new = check_full_rank(model, input_ids=ids, attention_mask=torch.ones_like(ids))
+    r = fc.report.set_index('name')
+    assert r.reason['cls.predictions.decoder'] == "weight shared with 'bert.embeddings.word_embeddings'"
+    assert len(fc.ranks) == 13
+    new = FC_Decomposer(0.5, layers=['*.intermediate.dense', '*.output.dense'], exclude=['*.attention.*']).decompose(model)
+    assert [type(l.intermediate.dense) for l in new.bert.encoder.layer] == [nn.Sequential]*2
+    assert [type(l.attention.output.dense) for l in new.bert.encoder.layer] == [nn.Linear]*2
+    assert new.cls.predictions.decoder.weight is new.bert.embeddings.word_embeddings.weight
+    with torch.no_grad(): assert new(input_ids=ids).logits.shape == (2, 10, 100)
