@@ -6,8 +6,9 @@
 __all__ = []
 
 # %% ../../nbs/misc/all.ipynb #ed695661
-from . import fc_decomposer
+from . import fast_svd, fc_decomposer
+from .fast_svd import *
 from .fc_decomposer import *
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
-__all__ = [*fc_decomposer.__all__]
+__all__ = [*fast_svd.__all__, *fc_decomposer.__all__]

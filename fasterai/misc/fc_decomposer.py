@@ -8,12 +8,13 @@ import copy, fnmatch, numbers, warnings
 import pandas as pd
 import torch
 from fastcore.basics import patch, store_attr
+from .fast_svd import LowRankSVD
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', 'rank_from_ratio', 'rank_from_energy',
-           'truncation_error', 'allocate_budget', 'svd', 'truncate', 'linear_pair', 'low_rank_linear', 'named_linears',
-           'swap_module', 'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer']
+           'truncation_error', 'allocate_budget', 'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module',
+           'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
 def linear_params(m:int, n:int, bias:bool=True)->int:
@@ -82,19 +83,7 @@ def allocate_budget(spectra:list, # (singular values, m, n) of each layer
         if m+n <= left and j == ks[i]: ks[i],left = j+1,left-(m+n)
     return ks
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #04692f87
-def svd(w:Tensor)->tuple[Tensor, Tensor, Tensor]:
-    "Thin SVD `u, s, vh` of `w`, on its device, in float32 or better whatever its dtype"
-    return torch.linalg.svd(w.detach().to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False)
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #35daf411
-def truncate(u:Tensor, s:Tensor, vh:Tensor, # Thin SVD of an `m` x `n` matrix
-             k:int, # Rank kept
-            )->tuple[Tensor, Tensor]:
-    "Rank-`k` factors `(a, b)` with `a = S_k V_k^T` (`k` x `n`) and `b = U_k` (`m` x `k`): `b@a` is the truncated SVD"
-    return s[:k,None]*vh[:k], u[:,:k]
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #9215c042
+# %% ../../nbs/misc/fc_decomposer.ipynb #e5d3b9bd
 def linear_pair(lin:nn.Linear, # Layer replaced: gives the shapes, device, dtype, mode and `requires_grad`
                 k:int, # Inner rank
                )->nn.Sequential:
@@ -104,7 +93,7 @@ def linear_pair(lin:nn.Linear, # Layer replaced: gives the shapes, device, dtype
     pair = nn.Sequential(nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw), nn.utils.skip_init(nn.Linear, k, m, **kw))
     return pair.train(lin.training).requires_grad_(w.requires_grad)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #03d0584f
+# %% ../../nbs/misc/fc_decomposer.ipynb #3be0ff6d
 def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n, k, bias=False)`
                     b:Tensor, # Second factor, `m` x `k`: the weight of `Linear(k, m)`
                     lin:nn.Linear, # Layer replaced: gives the bias (zeros if it has none), device, dtype and mode
@@ -118,12 +107,12 @@ def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n
         else: pair[1].bias.copy_(lin.bias)
     return pair
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #c2b29ecf
+# %% ../../nbs/misc/fc_decomposer.ipynb #03d0584f
 def named_linears(model:nn.Module)->dict[nn.Linear, str]:
     "Each `nn.Linear` of `model`, once even when it is used at several places, with its first qualified name"
     return {m:name for name,m in model.named_modules() if isinstance(m, nn.Linear)}
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #f7e1340c
+# %% ../../nbs/misc/fc_decomposer.ipynb #f371fe83
 def swap_module(model:nn.Module, # Model rewritten in place
                 old:nn.Module, # Module replaced wherever it is referenced
                 new:nn.Module, # Replacement
@@ -135,7 +124,7 @@ def swap_module(model:nn.Module, # Model rewritten in place
             if child is old: setattr(parent, name, new)
     return model
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #4562ba3a
+# %% ../../nbs/misc/fc_decomposer.ipynb #f7e1340c
 def matches(entry, # A module name, a glob, or a module class
             model:nn.Module, # The model
             name:str, # Qualified name of a layer of `model`
@@ -146,7 +135,7 @@ def matches(entry, # A module name, a glob, or a module class
     if isinstance(entry, type): return any(isinstance(model.get_submodule(p), entry) for p in paths)
     return any(fnmatch.fnmatchcase(p, entry) for p in paths[1:])
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #7e72f1b2
+# %% ../../nbs/misc/fc_decomposer.ipynb #4562ba3a
 def blocked(model:nn.Module)->dict[nn.Linear, str]:
     "The `nn.Linear` layers of `model` that cannot be replaced, with the reason"
     res,owners = {},{}
@@ -160,7 +149,7 @@ def blocked(model:nn.Module)->dict[nn.Linear, str]:
         if others and lin not in res: res[lin] = f"weight shared with '{others[0]}'"
     return res
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #fa34c75c
+# %% ../../nbs/misc/fc_decomposer.ipynb #927d2e20
 def _no_fast_path(module, args): "A no-op forward pre-hook: torch's fused transformer path is skipped for hooked layers"
 
 def keep_off_fast_path(model:nn.Module)->nn.Module:
@@ -171,7 +160,7 @@ def keep_off_fast_path(model:nn.Module)->nn.Module:
         if isinstance(mod, nn.TransformerEncoder) and any(map(changed, mod.layers)): mod.use_nested_tensor = False
     return model
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #4efa6d12
+# %% ../../nbs/misc/fc_decomposer.ipynb #f329ac43
 class DecompositionReport(pd.DataFrame):
     "Per-layer report of a decomposition, shown with its totals"
     _metadata = ['model_params', 'budget']
@@ -192,7 +181,7 @@ class DecompositionReport(pd.DataFrame):
     def __repr__(self): return f"{super().__repr__()}\n{self.totals()}"
     def _repr_html_(self): return f"{super()._repr_html_()}<p>{self.totals()}</p>"
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #3eaf1ddf
+# %% ../../nbs/misc/fc_decomposer.ipynb #3b6430df
 class FC_Decomposer:
     "Factorise the `nn.Linear` layers of a model into pairs of thinner layers with a truncated SVD"
     def __init__(self,
@@ -221,7 +210,7 @@ class FC_Decomposer:
         store_attr()
         self.report,self.ranks = None,{}
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #175a2fe5
+# %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
 def _reason(self:FC_Decomposer, model, name, lin, blocks)->str|None:
     "Why the layer `name` is left as it is, or `None` if it is to be factorised"
@@ -255,7 +244,7 @@ def _plan(self:FC_Decomposer, model:nn.Module)->list[dict]:
             if not any(matches(p, model, r['name']) for r in rows): raise ValueError(f"{o} entry {p!r} matches no nn.Linear of the model")
     return rows
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #7d8e35e2
+# %% ../../nbs/misc/fc_decomposer.ipynb #40ca08ed
 @patch
 def _explicit_rank(self:FC_Decomposer, model, name)->int:
     "The rank `rank` asks for the layer `name`: the first matching pattern's when it is a dict"
@@ -267,11 +256,11 @@ def _choose_ranks(self:FC_Decomposer, model, rows, factors):
     "Set each row's `rank` by the policy chosen, from its spectrum in `factors` where the policy needs one"
     if self.budget is not None:
         target = self.budget*sum(r['params_before'] for r in rows)
-        ks = allocate_budget([(factors[r['name']][1], r['out_features'], r['in_features']) for r in rows], int(target))
+        ks = allocate_budget([(factors[r['name']].s, r['out_features'], r['in_features']) for r in rows], int(target))
     for i,r in enumerate(rows):
         m,n = r['out_features'],r['in_features']
         if self.budget is not None: k = ks[i]
-        elif self.energy_threshold is not None: k = rank_from_energy(factors[r['name']][1], self.energy_threshold)
+        elif self.energy_threshold is not None: k = rank_from_energy(factors[r['name']].s, self.energy_threshold)
         elif self.rank is not None:
             k = self._explicit_rank(model, r['name'])
             if k > min(m, n): r['reason'],k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
@@ -280,7 +269,7 @@ def _choose_ranks(self:FC_Decomposer, model, rows, factors):
             r['reason'] = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r['params_before']:,}"
         else: r['rank'] = k
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #7014d087
+# %% ../../nbs/misc/fc_decomposer.ipynb #ba6afe1b
 @patch
 def decompose(self:FC_Decomposer,
     model:nn.Module, # Model to factorise: deep-copied and never modified, unless `inplace`
@@ -290,23 +279,23 @@ def decompose(self:FC_Decomposer,
     todo = [r for r in rows if r['reason'] is None]
     if not rows: warnings.warn(f"{type(model).__name__} has no nn.Linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
     spectral = self.energy_threshold is not None or self.budget is not None
-    factors = {r['name']:svd(r['lin'].weight) for r in todo} if spectral else {}
+    factors = {r['name']:LowRankSVD(r['lin'].weight) for r in todo} if spectral else {}
     self._choose_ranks(model, todo, factors)
-    factors.update({r['name']:svd(r['lin'].weight) for r in todo if r['rank'] and r['name'] not in factors})
+    factors.update({r['name']:LowRankSVD(r['lin'].weight) for r in todo if r['rank'] and r['name'] not in factors})
     res = model if self.inplace else copy.deepcopy(model)
     for r in todo:
         if r['name'] not in factors: continue
-        u,s,vh = factors.pop(r['name'])
-        r['energy_kept'],r['rel_error'] = truncation_error(s, r['rank'] or len(s))
+        lr = factors.pop(r['name'])
+        r['energy_kept'],r['rel_error'] = truncation_error(lr.s, r['rank'] or len(lr.s))
         if r['rank'] is None: continue
         old = res.get_submodule(r['name'])
-        res = swap_module(res, old, low_rank_linear(*truncate(u, s, vh, r['rank']), old))
+        res = swap_module(res, old, low_rank_linear(*lr.factors(r['rank']), old))
         r['params_after'] = factored_params(r['out_features'], r['in_features'], r['rank'])
     self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
     self.report = self._report(rows, n_params)
     return keep_off_fast_path(res)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #f2081722
+# %% ../../nbs/misc/fc_decomposer.ipynb #7d8e35e2
 @patch
 def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
     cols = 'name in_features out_features rank params_before params_after energy_kept rel_error reason'.split()
@@ -319,7 +308,7 @@ def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
     return df
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #0ab86771
+# %% ../../nbs/misc/fc_decomposer.ipynb #7014d087
 @patch(cls_method=True)
 def from_ranks(cls:FC_Decomposer,
     model:nn.Module, # A model of the original architecture
