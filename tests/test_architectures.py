@@ -8,7 +8,7 @@ def n_params(m): return sum(p.numel() for p in m.parameters())
 
 def check_full_rank(model, *args, atol=1e-4, **kwargs):
     "Decompose `model` at rank_ratio=1.0 and check that the result computes the same outputs; returns the decomposer"
-    fc = FC_Decomposer(rank_ratio=1.0)
+    fc = FC_Decomposer(rank_ratio=1.0, progress=False)
     new = fc.decompose(model)
     with torch.no_grad(): a,b = model(*args, **kwargs),new(*args, **kwargs)
     a,b = (getattr(o, 'logits', getattr(o, 'last_hidden_state', o)) for o in (a, b))
@@ -22,7 +22,7 @@ def test_vgg16_bn_full_rank():
 
 def test_vgg16_bn_skip_unprofitable():
     "The 4096x4096 layer at rank 2048 saves nothing: skip_unprofitable leaves it, and computes no SVD for it"
-    fc = FC_Decomposer(skip_unprofitable=True, layers=['classifier.3', 'classifier.6'])
+    fc = FC_Decomposer(skip_unprofitable=True, layers=["classifier.3", "classifier.6"], progress=False)
     model = vgg16_bn(num_classes=2)
     new = fc.decompose(model)
     assert type(new.classifier[3]) is nn.Linear and type(new.classifier[6]) is nn.Sequential
@@ -37,7 +37,7 @@ def test_resnet18_only_fc():
     model = resnet18().eval()
     fc,new = check_full_rank(model, torch.randn(2, 3, 32, 32))
     assert list(fc.report.name) == ['fc'] and fc.ranks == {'fc': 512}
-    new = FC_Decomposer().decompose(model)
+    new = FC_Decomposer(progress=False).decompose(model)
     assert n_params(model) - n_params(new) == 512*1000 - 256*(512+1000)
 
 @pytest.mark.parametrize('batch_first', [True, False])

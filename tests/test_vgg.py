@@ -10,7 +10,7 @@ def vgg():
     torch.manual_seed(0)
     model = vgg16_bn(num_classes=2)
     before = {k:v.clone() for k,v in model.state_dict().items()}
-    return model, before, FC_Decomposer().decompose(model)
+    return model, before, FC_Decomposer(progress=False).decompose(model)
 
 def test_counts(vgg):
     model,_,new = vgg

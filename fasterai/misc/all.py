@@ -6,9 +6,12 @@
 __all__ = []
 
 # %% ../../nbs/misc/all.ipynb #ed695661
-from . import fast_svd, fc_decomposer
+from . import calibration, demo, fast_svd, fc_decomposer, learner
+from .calibration import *
+from .demo import *
 from .fast_svd import *
 from .fc_decomposer import *
+from .learner import *
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
-__all__ = [*fast_svd.__all__, *fc_decomposer.__all__]
+__all__ = [*calibration.__all__, *demo.__all__, *fast_svd.__all__, *fc_decomposer.__all__, *learner.__all__]

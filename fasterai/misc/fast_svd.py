@@ -15,7 +15,7 @@ __all__ = ['gram', 'eigh_upper', 'truncate', 'LowRankSVD']
 
 # %% ../../nbs/misc/fast_svd.ipynb #b6652ae7
 def gram(w:Tensor, # An `m` x `n` matrix
-         chunk:int=2048, # Columns converted to float64 at a time
+         chunk:int=1024, # Columns converted to float64 at a time
         )->Tensor:
     "The upper triangle of `w @ w.T` in float64 (the lower one is not set), accumulated over chunks of columns"
     m,n = w.shape
@@ -45,15 +45,25 @@ def truncate(u:Tensor, s:Tensor, vh:Tensor, # Thin SVD of an `m` x `n` matrix
 
 # %% ../../nbs/misc/fast_svd.ipynb #dba5827e
 class LowRankSVD:
-    "Singular values of a weight `w`, and its rank-`k` factors on demand, from the eigendecomposition of its smaller Gram matrix"
+    "Singular values of `z`, and rank-`k` factors of `w` in the basis of `z`'s top left singular vectors, from the eigendecomposition of `z`'s smaller Gram matrix"
     guard = 1e4 # How far above the Gram matrix's rounding error a truncation must stay to trust the fast path
-    def __init__(self, w:Tensor):
-        self.w = w.detach()
-        self.wide = self.w.shape[0] <= self.w.shape[1]
-        lam,self.q = eigh_upper(gram(self.w if self.wide else self.w.T))
+    def __init__(self,
+        z:Tensor|None, # Matrix whose top left singular vectors are the basis: the weight itself for a plain truncated SVD
+        w:Tensor|None=None, # The `m` x `n` weight factorised in that basis (default: `z`)
+        g:Tensor|None=None, # `z @ z.T` (its upper triangle), given instead of `z` when only it is known
+    ):
+        self.z = None if z is None else z.detach()
+        self.w = self.z if w is None else w.detach()
+        self.wide = z is None or self.z.shape[0] <= self.z.shape[1]
+        lam,self.q = eigh_upper(g if z is None else gram(self.z if self.wide else self.z.T))
         lam = lam.flip(0).clamp_min(0)
         self.energy,self.s = lam,lam.sqrt()
         self.floor = self.guard * torch.finfo(torch.float64).eps * math.sqrt(max(self.w.shape)) * float(lam[0])
+
+    def keep(self, k:int)->LowRankSVD:
+        "Free the singular vectors beyond the first `k`, which `factors` will not need; returns `self`"
+        self.q = self.q[:, -k:].clone()
+        return self
 
     def resolved(self, k:int)->bool:
         "Whether the Gram matrix resolves a rank-`k` truncation well enough for the fast path to be optimal"
@@ -61,12 +71,15 @@ class LowRankSVD:
         return (tail == 0 or tail > self.floor) and (self.wide or float(self.energy[k-1]) > self.floor)
 
     def factors(self, k:int)->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`: `a = S_k V_k^T` (`k` x `n`), `b = U_k` (`m` x `k`), in float32 or better"
+        "Rank-`k` factors `(a, b)`: `b = U_k` (`m` x `k`), `a = U_k^T w` (`k` x `n`, `S_k V_k^T` when `w` is `z`), in float32 or better"
         dt = torch.promote_types(self.w.dtype, torch.float32)
-        if not self.resolved(k):
-            a,b = truncate(*torch.linalg.svd(self.w.double(), full_matrices=False), k)
-            return a.to(dt),b.to(dt)
-        qk,w = self.q[:, -k:].flip(1).to(self.w.device, dt),self.w.to(dt)
-        if self.wide: return qk.T @ w, qk
-        sk = self.s[:k].to(self.w.device, dt)
-        return sk[:,None]*qk.T, (w @ qk)/sk
+        if self.z is not None and not self.resolved(k):
+            a,b = truncate(*torch.linalg.svd(self.z.double(), full_matrices=False), k)
+        elif self.wide: a,b = None,self.q[:, -k:].to(self.w.device, dt).flip(1)
+        else:
+            dz = torch.promote_types(self.z.dtype, torch.float32)
+            qk,sk = self.q[:, -k:].flip(1).to(self.z.device, dz),self.s[:k].to(self.z.device, dz)
+            a,b = sk[:,None]*qk.T,(self.z.to(dz) @ qk)/sk
+        b = b.to(dt).contiguous()   # LAPACK's eigenvectors are column-major
+        if a is None or self.z is not self.w: a = b.T @ self.w.to(dt)
+        return a.to(dt),b

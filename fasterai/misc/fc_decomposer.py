@@ -8,13 +8,15 @@ import copy, fnmatch, numbers, warnings
 import pandas as pd
 import torch
 from fastcore.basics import patch, store_attr
+from fastprogress.fastprogress import progress_bar
+from .calibration import collect_stats, data_svd, mean_correction, output_error
 from .fast_svd import LowRankSVD
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', 'rank_from_ratio', 'rank_from_energy',
            'truncation_error', 'allocate_budget', 'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module',
-           'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer']
+           'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer', 'all_finite']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
 def linear_params(m:int, n:int, bias:bool=True)->int:
@@ -99,10 +101,9 @@ def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n
                     lin:nn.Linear, # Layer replaced: gives the bias (zeros if it has none), device, dtype and mode
                    )->nn.Sequential:
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `b @ a @ x + lin.bias`"
-    pair = linear_pair(lin, a.shape[0])
+    pair,w = linear_pair(lin, a.shape[0]),lin.weight
+    for l,f in zip(pair, (a, b)): l.weight = nn.Parameter(f.detach().to(w.device, w.dtype).contiguous(), w.requires_grad)
     with torch.no_grad():
-        pair[0].weight.copy_(a)
-        pair[1].weight.copy_(b)
         if lin.bias is None: pair[1].bias.zero_()
         else: pair[1].bias.copy_(lin.bias)
     return pair
@@ -193,6 +194,10 @@ class FC_Decomposer:
         exclude:list|None=None, # Never these layers: names, globs or module classes
         skip_unprofitable:bool=False, # Leave a layer as it is when its pair would not have fewer parameters
         inplace:bool=False, # Rewrite and return the model given, without copying it first
+        method:str='svd', # 'svd': weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
+        sequential:bool=False, # Calibrate each layer on the outputs of the layers decomposed before it (data-aware methods)
+        n_batches:int|None=None, # Calibrate on at most this many batches of `data`
+        progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
     ):
         given = {k:v for k,v in dict(rank_ratio=rank_ratio, energy_threshold=energy_threshold, rank=rank, budget=budget).items()
                  if v is not None}
@@ -204,11 +209,14 @@ class FC_Decomposer:
         if isinstance(rank, dict):
             for p,k in rank.items(): check_rank(k, f'rank[{p!r}]')
         elif rank is not None: check_rank(rank)
+        if method not in ('svd', 'asvd', 'whiten'): raise ValueError(f"method must be 'svd', 'asvd' or 'whiten', got {method!r}")
+        if sequential and method == 'svd': raise ValueError("sequential=True calibrates on data: choose method='asvd' or 'whiten'")
+        if n_batches is not None: check_rank(n_batches, 'n_batches')
         for o,v in dict(layers=layers, exclude=exclude).items():
             if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
                 raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
         store_attr()
-        self.report,self.ranks = None,{}
+        self.report,self.ranks,self.spectra = None,{},{}
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
@@ -219,12 +227,16 @@ def _reason(self:FC_Decomposer, model, name, lin, blocks)->str|None:
     if lin in blocks: return blocks[lin]
     if isinstance(self.rank, dict) and not any(matches(p, model, name) for p in self.rank): return "no pattern of `rank` matches"
 
+def all_finite(t:Tensor, chunk:int=2**22)->bool:
+    "Whether `t` holds no NaN or Inf, checked over chunks of `chunk` values, so that no full-size temporary is made"
+    return all(bool(torch.isfinite(c).all()) for c in t.detach().reshape(-1).split(chunk))
+
 def _check(name, lin):
     "Raise a `ValueError` naming the layer `name` if `lin` can't be factorised"
     if isinstance(lin.weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"layer '{name}' is an uninitialised nn.LazyLinear: run a forward pass before decomposing")
     for p in (lin.weight, lin.bias):
-        if p is not None and not torch.isfinite(p).all():
+        if p is not None and not all_finite(p):
             raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {'weight' if p is lin.weight else 'bias'}")
 
 @patch
@@ -271,31 +283,71 @@ def _choose_ranks(self:FC_Decomposer, model, rows, factors):
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ba6afe1b
 @patch
+def _bar(self:FC_Decomposer, rows:list)->list:
+    "`rows` in a progress bar when `progress` asks for one (`None`: when the layers take more than about a second)"
+    show = self.progress
+    if show is None: show = sum(min(r['in_features'], r['out_features'])**2*max(r['in_features'], r['out_features']) for r in rows) > 2e10
+    return progress_bar(rows, leave=False) if show and rows else rows
+
+@patch
+def _svd(self:FC_Decomposer, lin:nn.Linear, stats)->LowRankSVD:
+    "The factorisation of `lin` that `method` asks for: of its weight, or in the basis its calibration `stats` give"
+    return LowRankSVD(lin.weight) if stats is None else data_svd(lin.weight, stats, self.method)
+
+@patch
+def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr:LowRankSVD|None, stats)->nn.Module:
+    "Replace the layer of row `r` in `res` by its rank-`r['rank']` pair, from `lr` or a new factorisation; returns the root"
+    lin,k = r.pop('lin'),r['rank']
+    old = res.get_submodule(r['name'])
+    lr = lr or self._svd(old, stats)
+    a,b = lr.factors(k)
+    pair = low_rank_linear(a, b, old)
+    r['energy_kept'],r['rel_error'] = truncation_error(lr.s, k)
+    self.spectra[r['name']] = lr.s.cpu()
+    r['params_after'] = factored_params(r['out_features'], r['in_features'], k)
+    if stats is not None:
+        r['rel_error'] = output_error(b, old.weight, stats, corrected=self.method == 'whiten')
+        if self.method == 'whiten':
+            with torch.no_grad(): pair[1].bias += mean_correction(b, old.weight, stats).to(pair[1].bias)
+    return swap_module(res, old, pair)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #2b9a0dd6
+@patch
+def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
+    "Calibration statistics of the layers of `rows` on `data`, and their names in the order the model runs them"
+    if self.method == 'svd' or not rows: return {},[]
+    if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
+    stats,order = collect_stats(model, {r['name']:r['lin'] for r in rows}, data, self.n_batches)
+    for r in rows:
+        if r['name'] not in order: raise ValueError(f"layer '{r['name']}' never ran on the calibration data: exclude it, or use method='svd'")
+    return stats,order
+
+@patch
 def decompose(self:FC_Decomposer,
     model:nn.Module, # Model to factorise: deep-copied and never modified, unless `inplace`
+    data=None, # Calibration data for `method` 'asvd' or 'whiten': a fastai `DataLoaders`/`DataLoader`, a torch `DataLoader`, an iterable of batches, or a tensor
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected `nn.Linear` layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
     rows,n_params = self._plan(model),sum(p.numel() for p in model.parameters())
-    todo = [r for r in rows if r['reason'] is None]
+    todo,self.spectra = [r for r in rows if r['reason'] is None],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no nn.Linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
+    stats,order = self._calibrate(model, todo, data)
     spectral = self.energy_threshold is not None or self.budget is not None
-    factors = {r['name']:LowRankSVD(r['lin'].weight) for r in todo} if spectral else {}
+    factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral else {}
     self._choose_ranks(model, todo, factors)
-    factors.update({r['name']:LowRankSVD(r['lin'].weight) for r in todo if r['rank'] and r['name'] not in factors})
-    res = model if self.inplace else copy.deepcopy(model)
-    for r in todo:
-        if r['name'] not in factors: continue
-        lr = factors.pop(r['name'])
-        r['energy_kept'],r['rel_error'] = truncation_error(lr.s, r['rank'] or len(lr.s))
-        if r['rank'] is None: continue
-        old = res.get_submodule(r['name'])
-        res = swap_module(res, old, low_rank_linear(*lr.factors(r['rank']), old))
-        r['params_after'] = factored_params(r['out_features'], r['in_features'], r['rank'])
+    todo = [r for r in todo if r['rank']]
+    if spectral: factors = {r['name']:factors[r['name']].keep(r['rank']) for r in todo}
+    res = model if self.inplace else copy.deepcopy(model, {id(p):p for r in todo for p in r['lin'].parameters()})
+    if self.sequential: todo.sort(key=lambda r: order.index(r['name']))
+    for i,r in enumerate(self._bar(todo)):
+        st,lr = stats.pop(r['name'], None),factors.pop(r['name'], None)
+        if self.sequential and i > 0: st,lr = collect_stats(res, {r['name']:res.get_submodule(r['name'])}, data, self.n_batches)[0][r['name']],None
+        res = self._replace(res, r, lr, st)
     self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
     self.report = self._report(rows, n_params)
     return keep_off_fast_path(res)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #7d8e35e2
+# %% ../../nbs/misc/fc_decomposer.ipynb #0ab86771
 @patch
 def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
     cols = 'name in_features out_features rank params_before params_after energy_kept rel_error reason'.split()
@@ -308,7 +360,7 @@ def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
     return df
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #7014d087
+# %% ../../nbs/misc/fc_decomposer.ipynb #ac676886
 @patch(cls_method=True)
 def from_ranks(cls:FC_Decomposer,
     model:nn.Module, # A model of the original architecture
@@ -327,3 +379,29 @@ def from_ranks(cls:FC_Decomposer,
         old = res.get_submodule(name)
         res = swap_module(res, old, linear_pair(old, k))
     return keep_off_fast_path(res)
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #eaa9a07c
+@patch
+def plot_spectrum(self:FC_Decomposer,
+    ncols:int=3, # Plots per row
+    figsize:tuple|None=None, # Figure size (default: 4 x 3 inches a plot)
+):
+    "Cumulative energy of each factorised layer's singular values, with the rank kept marked; returns the figure"
+    import matplotlib.pyplot as plt
+    if not self.spectra: raise ValueError("no spectrum to plot: decompose a model with at least one layer factorised first")
+    names = list(self.spectra)
+    nc = min(ncols, len(names))
+    nr = -(-len(names)//nc)
+    fig,axs = plt.subplots(nr, nc, figsize=figsize or (4*nc, 3*nr), squeeze=False)
+    for ax,name in zip(axs.flat, names):
+        e = self.spectra[name].double().square().cumsum(0)
+        e,k = e/e[-1].clamp_min(1e-300),self.ranks[name]
+        ax.plot(range(1, len(e)+1), e.numpy())
+        ax.axvline(k, color='C1', ls='--')
+        if self.energy_threshold is not None: ax.axhline(self.energy_threshold, color='C2', ls=':')
+        ax.set_title(f"{name}: rank {k} of {len(e)} keeps {float(e[k-1]):.1%}", fontsize=9)
+        ax.set_xlabel('rank')
+        ax.set_ylabel('energy kept' if self.method == 'svd' else 'output variance kept')
+    for ax in axs.flat[len(names):]: ax.axis('off')
+    fig.tight_layout()
+    return fig
