@@ -1,11 +1,28 @@
-"The benchmark scripts run (small configurations), so they cannot rot."
-import subprocess, sys
+"The benchmark scripts run (small configurations), so they cannot rot, and their quick tables say what they should."
+import re, subprocess, sys
 from pathlib import Path
 
-def test_decompose_speed_quick():
-    out = subprocess.run([sys.executable, Path(__file__).parents[1]/'benchmarks'/'decompose_speed.py', '--quick', '--repeats', '1'],
-                         capture_output=True, text=True, check=True).stdout
-    rows = [l for l in out.splitlines() if l.startswith('| ') and not l.startswith('| matrix')]
-    assert len(rows) == 7, out
-    worst = float(out.rsplit('optimum: ', 1)[1])
-    assert worst < 1e-4, out
+bench = Path(__file__).parents[1]/'benchmarks'
+def run(script, *args): return subprocess.run([sys.executable, bench/script, '--quick', *args], capture_output=True, text=True, check=True).stdout
+def rows(out, title):
+    "The rows of the table under the heading that contains `title`, split into cells"
+    part = out[out.index(title):].split('\n\n')[1]
+    return [[c.strip() for c in l.strip('|').split('|')] for l in part.splitlines()[2:] if l.startswith('|')]
+
+def test_suite_quick():
+    out = run('run.py', '--repeats', '1')
+    assert len(rows(out, '# Decomposition speed')) == 7, out
+    assert float(out.rsplit('optimum: ', 1)[1].split()[0]) < 1e-4, out
+    assert float(rows(out, 'Whole model')[0][2].rstrip('x')) > 0, out
+    assert [r[0] for r in rows(out, 'Scaling')] == ['256', '1024'], out
+    mem = {r[0]:float(r[3].rstrip('x')) for r in rows(out, 'Peak memory')}
+    assert set(mem) == {'copy', 'in place'} and all(v > 1 for v in mem.values()), out
+    lat = rows(out, 'Inference latency')
+    assert len(lat) == 8 and {r[1] for r in lat} == {'1', '64'}, out
+
+def test_data_aware_quick():
+    out = run('data_aware.py')
+    cos = {r[1]:float(r[3]) for r in rows(out, 'all-MiniLM-L6-v2')}
+    assert cos['whiten'] > cos['asvd'] > cos['svd'] > 0.5, out
+    acc = {r[1]:float(r[3]) for r in rows(out, '## Digits')}
+    assert acc['original'] > 0.9 and max(acc['asvd'], acc['whiten'], acc['whiten_seq']) >= acc['svd'], out

