@@ -22,3 +22,8 @@ def test_export_and_clean_change_nothing(tmp_path):
 
 def test_readme_is_current():
     subprocess.run([sys.executable, root/'tools'/'readme.py', '--check'], cwd=root, check=True)
+
+def test_every_exported_symbol_is_documented():
+    sys.path.insert(0, str(root/'tools'))
+    import docs
+    assert docs.undocumented() == []

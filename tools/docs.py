@@ -1,5 +1,6 @@
 """Render the docs site offline: the notebooks nbdev processes for Quarto (`nbdev_docs`' input, show_doc cells
-executed), turned into static HTML with nbconvert, with the sidebar of `nbs/sidebar.yml`. Quarto can't be installed
+executed), turned into static HTML with nbconvert, with the sidebar of `nbs/sidebar.yml`. It warns about every
+exported symbol without a docstring and every parameter without a docments comment. Quarto can't be installed
 here; on a machine with it, `nbdev_docs` builds the full site from the same notebooks and configuration.
 
     python tools/docs.py [OUT]     # OUT defaults to _site; prints the pages written
@@ -18,6 +19,28 @@ nav ul{list-style:none;padding-left:.8rem} nav a{text-decoration:none} nav a.her
 main{margin-left:17rem;max-width:60rem;padding:1rem 2rem}
 pre{background:#f6f8fa;padding:.6rem;overflow:auto} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.2rem .5rem}
 .jp-InputPrompt,.jp-OutputPrompt{display:none}"""
+
+def undocumented()->list:
+    "What the docs would show without words: exported symbols without a docstring, parameters without a docments comment"
+    import importlib, inspect, pkgutil, fasterai.misc
+    from fastcore.docments import docments
+    def check(name, f):
+        if not inspect.getdoc(f): yield f'{name}: no docstring'
+        if inspect.isclass(f) and '__init__' not in vars(f): return   # e.g. an exception: its parameters are its base's
+        for k,v in docments(f, full=True).items():   # `**kwargs` is skipped: docments can't read its comment, @delegates shows its parameters
+            if k not in ('self', 'return') and v.kind != inspect.Parameter.VAR_KEYWORD and not v.docment:
+                yield f'{name}: parameter `{k}` has no docments comment'
+    res = []
+    for m in pkgutil.iter_modules(fasterai.misc.__path__):
+        mod = importlib.import_module(f'fasterai.misc.{m.name}')
+        for n in getattr(mod, '__all__', []):
+            o = getattr(mod, n)
+            if not callable(o) or mod.__name__ == 'fasterai.misc.all': continue
+            res += check(f'{m.name}.{n}', o)
+            if inspect.isclass(o):
+                for k,f in vars(o).items():
+                    if inspect.isfunction(f) and not k.startswith('_'): res += check(f'{m.name}.{n}.{k}', f)
+    return res
 
 def pages(nbs:Path)->list:
     "`(section, notebook path)` of each page, in the sidebar's order"
@@ -87,4 +110,5 @@ def build(out:Path)->list:
     return written
 
 if __name__ == '__main__':
+    for w in undocumented(): print(f'warning: {w}', file=sys.stderr)
     for p in build(Path(sys.argv[1] if len(sys.argv) > 1 else '_site')): print(p)

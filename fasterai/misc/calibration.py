@@ -18,14 +18,18 @@ __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction',
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
     "Streaming float64 moments of an `nn.Linear`'s activations: each input channel's, and the smaller side's second moments"
-    def __init__(self, lin:nn.Linear):
+    def __init__(self, lin:nn.Linear): # The layer whose activations are summed
         (self.m,self.n),w = lin.weight.shape,lin.weight
         self.outputs = self.m < self.n # Whether the second moments are of the (pre-bias) outputs rather than the inputs
         d,kw = min(self.m, self.n),dict(dtype=torch.float64, device=w.device)
         self.rows,self.finite = 0,True
         self.sum_x,self.sq_x,self.sum_v,self.gram = torch.zeros(self.n, **kw),torch.zeros(self.n, **kw),torch.zeros(d, **kw),torch.zeros(d, d, **kw)
 
-    def update(self, x:Tensor, y:Tensor, bias:Tensor|None):
+    def update(self,
+               x:Tensor, # Inputs of the layer, (..., n)
+               y:Tensor, # Its outputs, (..., m), bias included
+               bias:Tensor|None, # Its bias, taken off the outputs
+              ):
         "Add a batch of inputs `x` (..., n) and outputs `y` (..., m) of the layer whose bias is `bias`"
         x = x.detach().reshape(-1, self.n).double()
         v = (y.detach().reshape(-1, self.m).double() - (0 if bias is None else bias.detach().double())) if self.outputs else x
@@ -46,7 +50,9 @@ class LayerStats:
         return (c + c.T)/2
 
 # %% ../../nbs/misc/calibration.ipynb #9e0eedac
-def ridge(stats:LayerStats, damp:float=1e-6)->float:
+def ridge(stats:LayerStats, # Calibration statistics of the layer
+          damp:float=1e-6, # Ridge relative to the mean input variance
+         )->float:
     "The ridge `δ` added to the input covariance: `damp` times the mean input variance (or mean square, when constant)"
     var = (stats.sq_x/stats.rows - stats.mean.square()).clamp_min(0).mean()
     return damp*float(var if var > 0 else (stats.sq_x/stats.rows).mean()) or damp
@@ -79,7 +85,10 @@ def output_error(u:Tensor, # Orthonormal output basis `U_k`, `m` x `k`
     return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
 
 # %% ../../nbs/misc/calibration.ipynb #c3ec39f3
-def mean_correction(u:Tensor, w:Tensor, stats:LayerStats)->Tensor:
+def mean_correction(u:Tensor, # Orthonormal output basis `U_k`, `m` x `k`
+                    w:Tensor, # Weight of the layer, `m` x `n`
+                    stats:LayerStats, # Its calibration statistics
+                   )->Tensor:
     "What to add to the bias so that `u @ u.T @ w` keeps the layer's mean output on the calibration data: `(I − P) W μ`"
     ybar = w.detach().double() @ stats.mean
     return ybar - u.double() @ (u.double().T @ ybar)

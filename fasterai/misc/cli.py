@@ -44,7 +44,7 @@ def parser()->argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/misc/cli.ipynb #42e1031c
-def read_model(path:Path):
+def read_model(path:Path): # A `.pkl` fastai export, or a file written by `torch.save(model)`
     "The `Learner` exported at `path` (`.pkl`), or the `nn.Module` saved there with `torch.save`"
     if not path.is_file(): raise CLIError(f"{path}: no such file")
     try:
@@ -56,7 +56,9 @@ def read_model(path:Path):
     if not isinstance(obj, nn.Module): raise CLIError(f"{path}: holds a {type(obj).__name__}, not a model saved with torch.save(model)")
     return obj
 
-def write_model(obj, path:Path):
+def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Module` (saved with `torch.save`)
+                path:Path, # Where to write it
+               ):
     "Write `obj` (a `Learner` or an `nn.Module`) to `path` through a temporary file, so `path` is never half-written"
     fd,tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
@@ -68,7 +70,7 @@ def write_model(obj, path:Path):
         if os.path.exists(tmp): os.remove(tmp)
 
 # %% ../../nbs/misc/cli.ipynb #5aad5266
-def decompose_file(a:argparse.Namespace):
+def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc decompose` with the parsed arguments `a`"
     from fasterai.misc.fc_decomposer import FC_Decomposer
     src,dst = Path(a.input),Path(a.output)
@@ -95,7 +97,7 @@ def decompose_file(a:argparse.Namespace):
     print(f"written to {dst}")
 
 # %% ../../nbs/misc/cli.ipynb #5288c643
-def demo(a:argparse.Namespace):
+def demo(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc demo`: train on digits, compare the methods, print the table"
     from fastai.learner import Learner
     from fastai.metrics import accuracy
@@ -109,7 +111,8 @@ def demo(a:argparse.Namespace):
     print(df.to_string(index=False, float_format=lambda v: f'{v:.3f}'))
 
 # %% ../../nbs/misc/cli.ipynb #a4095143
-def main(argv:list|None=None)->int:
+def main(argv:list|None=None, # Arguments (default: the command line's)
+        )->int:
     "The `fasterai-fc` command: returns the exit status"
     try:
         a = parser().parse_args(argv)

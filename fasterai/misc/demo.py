@@ -44,7 +44,10 @@ def digits_net(width:int=1024, # Width of the two hidden fully-connected layers
                                  nn.Dropout(0.5), nn.Linear(width, 10))))
 
 # %% ../../nbs/misc/demo.ipynb #07e644c9
-def latency_ms(model:nn.Module, x:torch.Tensor, runs:int=30)->float:
+def latency_ms(model:nn.Module, # Model timed (put in eval mode)
+               x:torch.Tensor, # Its input
+               runs:int=30, # Timed runs, after one warm-up
+              )->float:
     "Median milliseconds of `model(x)` in eval mode under `no_grad`, after a warm-up"
     model = model.eval()
     with torch.no_grad():

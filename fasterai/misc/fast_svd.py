@@ -30,14 +30,17 @@ def gram(w:Tensor, # An `m` x `n` matrix
     return torch.from_numpy(g)
 
 # %% ../../nbs/misc/fast_svd.ipynb #9bcb5645
-def eigh_upper(g:Tensor)->tuple[Tensor, Tensor]:
+def eigh_upper(g:Tensor, # Symmetric matrix, of which only the upper triangle is read
+              )->tuple[Tensor, Tensor]:
     "Eigenvalues (ascending) and eigenvectors of the symmetric matrix whose upper triangle is `g`'s; overwrites `g`"
     if g.device.type != 'cpu': return torch.linalg.eigh(g, UPLO='U')
     lam,q = scipy.linalg.eigh(g.numpy(), lower=False, driver='evd', overwrite_a=True, check_finite=False)
     return torch.from_numpy(lam),torch.from_numpy(q)
 
 # %% ../../nbs/misc/fast_svd.ipynb #c9539d7f
-def truncate(u:Tensor, s:Tensor, vh:Tensor, # Thin SVD of an `m` x `n` matrix
+def truncate(u:Tensor, # Left singular vectors of an `m` x `n` matrix, `m` x `r`
+             s:Tensor, # Its singular values, in decreasing order
+             vh:Tensor, # Its right singular vectors, transposed, `r` x `n`
              k:int, # Rank kept
             )->tuple[Tensor, Tensor]:
     "Rank-`k` factors `(a, b)` with `a = S_k V_k^T` (`k` x `n`) and `b = U_k` (`m` x `k`): `b@a` is the truncated SVD"
@@ -60,17 +63,20 @@ class LowRankSVD:
         self.energy,self.s = lam,lam.sqrt()
         self.floor = self.guard * torch.finfo(torch.float64).eps * math.sqrt(max(self.w.shape)) * float(lam[0])
 
-    def keep(self, k:int)->LowRankSVD:
+    def keep(self, k:int, # Largest rank `factors` will be asked for
+            )->LowRankSVD:
         "Free the singular vectors beyond the first `k`, which `factors` will not need; returns `self`"
         self.q = self.q[:, -k:].clone()
         return self
 
-    def resolved(self, k:int)->bool:
+    def resolved(self, k:int, # Rank kept
+                )->bool:
         "Whether the Gram matrix resolves a rank-`k` truncation well enough for the fast path to be optimal"
         tail = float(self.energy[k:].sum())
         return (tail == 0 or tail > self.floor) and (self.wide or float(self.energy[k-1]) > self.floor)
 
-    def factors(self, k:int)->tuple[Tensor, Tensor]:
+    def factors(self, k:int, # Rank kept
+               )->tuple[Tensor, Tensor]:
         "Rank-`k` factors `(a, b)`: `b = U_k` (`m` x `k`), `a = U_k^T w` (`k` x `n`, `S_k V_k^T` when `w` is `z`), in float32 or better"
         dt = torch.promote_types(self.w.dtype, torch.float32)
         if self.z is not None and not self.resolved(k):

@@ -19,12 +19,18 @@ __all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', '
            'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer', 'all_finite']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
-def linear_params(m:int, n:int, bias:bool=True)->int:
+def linear_params(m:int, # Output features
+                  n:int, # Input features
+                  bias:bool=True, # Whether the layer has a bias
+                 )->int:
     "Parameters of `nn.Linear(n, m, bias)`"
     return m*n + m*bias
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #fa9d1551
-def factored_params(m:int, n:int, k:int)->int:
+def factored_params(m:int, # Output features
+                    n:int, # Input features
+                    k:int, # Inner rank
+                   )->int:
     "Parameters of the pair `Linear(n, k, bias=False)`, `Linear(k, m)` that replaces `Linear(n, m)`"
     return k*(m+n) + m
 
@@ -39,7 +45,9 @@ def check_fraction(value, # Value to check
     return float(value)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #c7a308ec
-def check_rank(value, name:str='rank')->int:
+def check_rank(value, # Value to check
+               name:str='rank', # Option name, for the error message
+              )->int:
     "`value` as an int if it is a positive integer, else a `ValueError` naming it"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -109,7 +117,8 @@ def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n
     return pair
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #03d0584f
-def named_linears(model:nn.Module)->dict[nn.Linear, str]:
+def named_linears(model:nn.Module, # Model walked
+                 )->dict[nn.Linear, str]:
     "Each `nn.Linear` of `model`, once even when it is used at several places, with its first qualified name"
     return {m:name for name,m in model.named_modules() if isinstance(m, nn.Linear)}
 
@@ -137,7 +146,8 @@ def matches(entry, # A module name, a glob, or a module class
     return any(fnmatch.fnmatchcase(p, entry) for p in paths[1:])
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #4562ba3a
-def blocked(model:nn.Module)->dict[nn.Linear, str]:
+def blocked(model:nn.Module, # Model walked
+           )->dict[nn.Linear, str]:
     "The `nn.Linear` layers of `model` that cannot be replaced, with the reason"
     res,owners = {},{}
     for name,mod in model.named_modules():
@@ -153,7 +163,8 @@ def blocked(model:nn.Module)->dict[nn.Linear, str]:
 # %% ../../nbs/misc/fc_decomposer.ipynb #927d2e20
 def _no_fast_path(module, args): "A no-op forward pre-hook: torch's fused transformer path is skipped for hooked layers"
 
-def keep_off_fast_path(model:nn.Module)->nn.Module:
+def keep_off_fast_path(model:nn.Module, # Model whose transformer layers are checked, in place
+                      )->nn.Module:
     "Send `nn.TransformerEncoder(Layer)`s whose feed-forward layers were replaced down torch's Python path"
     changed = lambda l: isinstance(l, nn.TransformerEncoderLayer) and not (type(l.linear1) is type(l.linear2) is nn.Linear)
     for mod in model.modules():
@@ -165,7 +176,10 @@ def keep_off_fast_path(model:nn.Module)->nn.Module:
 class DecompositionReport(pd.DataFrame):
     "Per-layer report of a decomposition, shown with its totals"
     _metadata = ['model_params', 'budget']
-    def __init__(self, *args, **kwargs): super().__init__(*args, **kwargs) # A signature the docs can read (pandas' has unresolvable annotations)
+    def __init__(self, # A signature the docs can read (pandas' has unresolvable annotations)
+                 *args, # Passed to `pd.DataFrame`
+                 **kwargs, # Passed to `pd.DataFrame`
+                ): super().__init__(*args, **kwargs)
     @property
     def _constructor(self): return DecompositionReport
 
@@ -227,7 +241,9 @@ def _reason(self:FC_Decomposer, model, name, lin, blocks)->str|None:
     if lin in blocks: return blocks[lin]
     if isinstance(self.rank, dict) and not any(matches(p, model, name) for p in self.rank): return "no pattern of `rank` matches"
 
-def all_finite(t:Tensor, chunk:int=2**22)->bool:
+def all_finite(t:Tensor, # Tensor checked
+               chunk:int=2**22, # Values checked at a time
+              )->bool:
     "Whether `t` holds no NaN or Inf, checked over chunks of `chunk` values, so that no full-size temporary is made"
     return all(bool(torch.isfinite(c).all()) for c in t.detach().reshape(-1).split(chunk))
 

@@ -46,4 +46,5 @@ class FCDecomposeCallback(Callback):
         self.kwargs,self.report = kwargs,None
 
     def before_epoch(self):
+        "Decompose in place when epoch `at_epoch` starts"
         if self.epoch == self.at_epoch: self.report = self.learn.decompose_fc(n_batches=self.n_batches, **self.kwargs)
