@@ -77,11 +77,11 @@ def output_error(u:Tensor, # Orthonormal output basis `U_k`, `m` x `k`
                  corrected:bool, # Whether the bias is corrected to keep the mean output
                 )->float:
     "Output error of `u @ u.T @ w` on the calibration data, relative to the outputs' spread: ‖Y' − Y‖_F / ‖Y − Ȳ‖_F"
-    u,w = u.double(),w.detach().double()
-    cy = (lambda t: stats.cov @ t) if stats.outputs else (lambda t: w @ (stats.cov @ (w.T @ t)))
-    total = float(stats.cov.trace() if stats.outputs else (w @ stats.cov * w).sum())
-    err = total - float((u * cy(u)).sum())
-    if not corrected: ybar = w @ stats.mean; err += float((ybar - u @ (u.T @ ybar)).square().sum())
+    u,w,c = u.double(),w.detach().double(),stats.cov
+    cu = c @ u if stats.outputs else w @ (c @ (w.T @ u))   # C_y U_k
+    total = float(c.trace() if stats.outputs else (w @ c * w).sum())
+    err = total - float((u * cu).sum())
+    if not corrected: err += float(mean_correction(u, w, stats).square().sum())
     return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
 
 # %% ../../nbs/misc/calibration.ipynb #c3ec39f3

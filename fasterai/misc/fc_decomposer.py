@@ -313,8 +313,8 @@ def _svd(self:FC_Decomposer, lin:nn.Linear, stats)->LowRankSVD:
 @patch
 def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr:LowRankSVD|None, stats)->nn.Module:
     "Replace the layer of row `r` in `res` by its rank-`r['rank']` pair, from `lr` or a new factorisation; returns the root"
-    lin,k = r.pop('lin'),r['rank']
-    old = res.get_submodule(r['name'])
+    del r['lin']   # the row lets go of the original layer, so that it is freed once replaced
+    k,old = r['rank'],res.get_submodule(r['name'])
     lr = lr or self._svd(old, stats)
     a,b = lr.factors(k)
     pair = low_rank_linear(a, b, old)
