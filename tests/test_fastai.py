@@ -4,6 +4,7 @@ from torch import nn
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
+from fastai.torch_core import set_seed
 from fasterai.misc.all import *
 
 def arch(): return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
@@ -24,7 +25,7 @@ def test_learner_save_load_round_trip(tmp_path):
 
 def decomposed_learner(tmp_path, method='whiten'):
     "A digits Learner trained briefly, decomposed in place by `decompose_fc`"
-    torch.manual_seed(0)
+    set_seed(0, reproducible=True)
     learn = Learner(digits_dls(), digits_net(256), loss_func=CrossEntropyLossFlat(), path=tmp_path)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3)

@@ -6,6 +6,7 @@ from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle  # patches Learner.fit_one_cycle
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
 from fasterai.misc.all import *
 
 def synth(n, w):
@@ -13,7 +14,7 @@ def synth(n, w):
     return list(zip(x, (x@w.T).argmax(1)))
 
 def test_decomposed_model_trains():
-    torch.manual_seed(0)
+    set_seed(0, reproducible=True)
     teacher = torch.randn(4, 32)
     dls = DataLoaders.from_dsets(synth(2048, teacher), synth(512, teacher), bs=64)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))

@@ -101,9 +101,10 @@ def demo(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc demo`: train on digits, compare the methods, print the table"
     from fastai.learner import Learner
     from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
     from fasterai.misc.demo import compare, digits_dls, digits_net
     print(f"Training a VGG-style network on scikit-learn's digits for {a.epochs} epochs...", flush=True)
-    torch.manual_seed(0)
+    set_seed(0, reproducible=True)
     learn = Learner(digits_dls(), digits_net(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.epochs, 3e-3)
     print("Decomposing its classifier head (output layer kept) with each method, then fine-tuning 1 epoch:", flush=True)
