@@ -3,12 +3,13 @@
 Each mode runs in a fresh process, which builds the model, then decomposes it; the peak resident set (Linux VmHWM)
 is read back. The ratio is (peak - resident size before the model was built) / the model's own size in bytes: the
 model plus everything the decomposition needed, counted in model sizes, without the Python/torch runtime; the last
-column is the peak above the resident size once the model is built, what the decomposition itself added.
+columns are the peak above the resident size once the model is built, what the decomposition itself added, and the
+time the decomposition took (one run: the speed tables give medians).
 
     python benchmarks/memory.py            # vgg16_bn, both modes (about a minute)
     python benchmarks/memory.py --quick    # a small MLP: what CI runs
 """
-import argparse, json, subprocess, sys
+import argparse, json, subprocess, sys, time
 
 def rss_mb(key='VmRSS'):
     "This process's resident set (`VmRSS`) or its peak so far (`VmHWM`), in MiB"
@@ -26,18 +27,20 @@ def child(mode, quick):
     size = sum(p.numel()*p.element_size() for p in model.parameters())/2**20
     built = rss_mb()
     open('/proc/self/clear_refs', 'w').write('5')   # restart the peak count from here
+    t = time.perf_counter()
     FC_Decomposer(inplace=mode=='in place', progress=False).decompose(model)
-    print(json.dumps(dict(mode=mode, size=size, built=built-before, peak=rss_mb('VmHWM')-before)))
+    t = time.perf_counter() - t
+    print(json.dumps(dict(mode=mode, size=size, built=built-before, peak=rss_mb('VmHWM')-before, time=t)))
 
 def main(quick=False):
     print(f"## Peak memory ({'MLP 4096-2048-10' if quick else 'vgg16_bn(num_classes=2)'})\n")
-    print("| mode | model (MiB) | peak above runtime (MiB) | peak / model size | decomposition's own (MiB) |")
-    print("|---|---|---|---|---|")
+    print("| mode | model (MiB) | peak above runtime (MiB) | peak / model size | decomposition's own (MiB) | time (s) |")
+    print("|---|---|---|---|---|---|")
     res = {}
     for mode in ('copy', 'in place'):
         out = subprocess.run([sys.executable, __file__, '--child', mode] + ['--quick']*quick, capture_output=True, text=True, check=True).stdout
         r = res[mode] = json.loads(out.splitlines()[-1])
-        print(f"| {mode} | {r['size']:.0f} | {r['peak']:.0f} | {r['peak']/r['size']:.2f}x | {r['peak'] - r['built']:.0f} |", flush=True)
+        print(f"| {mode} | {r['size']:.0f} | {r['peak']:.0f} | {r['peak']/r['size']:.2f}x | {r['peak'] - r['built']:.0f} | {r['time']:.1f} |", flush=True)
     return res
 
 if __name__ == '__main__':

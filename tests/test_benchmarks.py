@@ -16,7 +16,7 @@ def test_suite_quick():
     assert float(rows(out, 'Whole model')[0][2].rstrip('x')) > 0, out
     assert [r[0] for r in rows(out, 'Scaling')] == ['256', '1024'], out
     mem = {r[0]:float(r[3].rstrip('x')) for r in rows(out, 'Peak memory')}
-    assert set(mem) == {'copy', 'in place'} and all(v > 1 for v in mem.values()), out
+    assert set(mem) == {'copy', 'in place'} and 1 < mem['in place'] < mem['copy'], out   # in place, weights lend their memory
     lat = rows(out, 'Inference latency')
     assert len(lat) == 8 and {r[1] for r in lat} == {'1', '64'}, out
 

@@ -79,7 +79,8 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     if not dst.parent.is_dir(): raise CLIError(f"{dst.parent}: no such directory")
     if a.method != 'svd' and not a.calib: raise CLIError(f"--method {a.method} calibrates on data: give it with --calib FILE")
     try: fc = FC_Decomposer(a.rank_ratio, a.energy, a.rank, a.budget, layers=a.layers, exclude=a.exclude, method=a.method,
-                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, n_batches=a.n_batches)
+                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, n_batches=a.n_batches,
+                            inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
     except ValueError as e: raise CLIError(str(e).replace('rank_ratio', '--rank-ratio').replace('energy_threshold', '--energy')) from None
     obj = read_model(src)
     data = None

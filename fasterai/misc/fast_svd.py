@@ -4,38 +4,95 @@
 
 # %% ../../nbs/misc/fast_svd.ipynb #e8ca0d8c
 from __future__ import annotations
-import math
+import ctypes, functools, math, mmap, sys
 import numpy as np, scipy.linalg
 import torch
 from torch import Tensor
 from scipy.linalg import blas
 
 # %% auto #0
-__all__ = ['gram', 'eigh_upper', 'truncate', 'LowRankSVD']
+__all__ = ['gram', 'fill_lower', 'eigh_upper', 'free_pages', 'product_into', 'truncate', 'LowRankSVD']
 
 # %% ../../nbs/misc/fast_svd.ipynb #b6652ae7
 def gram(w:Tensor, # An `m` x `n` matrix
-         chunk:int=1024, # Columns converted to float64 at a time
+         chunk:int=1024, # Columns converted at a time
+         dtype:torch.dtype=torch.float64, # Precision the products are accumulated in
         )->Tensor:
-    "The upper triangle of `w @ w.T` in float64 (the lower one is not set), accumulated over chunks of columns"
+    "The upper triangle of `w @ w.T` in `dtype` (the lower one is not set), accumulated over chunks of columns"
     m,n = w.shape
     if w.device.type != 'cpu':
-        g = torch.zeros(m, m, dtype=torch.float64, device=w.device)
-        for i in range(0, n, chunk): x = w[:, i:i+chunk].double(); g.addmm_(x, x.T)
+        g = torch.zeros(m, m, dtype=dtype, device=w.device)
+        for i in range(0, n, chunk): x = w[:, i:i+chunk].to(dtype); g.addmm_(x, x.T)
         return g
-    g = np.zeros((m, m), order='F')
+    f64 = dtype == torch.float64
+    syrk,g = (blas.dsyrk if f64 else blas.ssyrk),np.zeros((m, m), np.float64 if f64 else np.float32, order='F')
+    buf = torch.empty(m*min(chunk, n), dtype=dtype)   # one buffer for every chunk: no allocator churn
     for i in range(0, n, chunk):
-        x = np.asfortranarray(w[:, i:i+chunk].T.double().numpy())   # c x m, so that x.T @ x is w @ w.T
-        g = blas.dsyrk(1.0, x, beta=1.0, c=g, trans=1, overwrite_c=1)
+        x = buf[:m*min(chunk, n-i)].view(m, -1).copy_(w[:, i:i+chunk])
+        g = syrk(1.0, x.numpy().T, beta=1.0, c=g, trans=1, overwrite_c=1)   # x.T is column-major: syrk reads it as is
     return torch.from_numpy(g)
 
 # %% ../../nbs/misc/fast_svd.ipynb #9bcb5645
+def fill_lower(g:Tensor, # Square matrix whose upper triangle is set
+               chunk:int=512, # Rows of the upper triangle copied at a time
+              )->Tensor:
+    "Copy the upper triangle of `g` into its lower one, in place, without a full-size temporary; returns `g`"
+    for j in range(0, len(g), chunk):
+        d = g[j:j+chunk, j:j+chunk]
+        g[j+chunk:, j:j+chunk] = g[j:j+chunk, j+chunk:].T
+        d.copy_(d.triu() + d.triu(1).T)
+    return g
+
 def eigh_upper(g:Tensor, # Symmetric matrix, of which only the upper triangle is read
+               k:int|None=None, # Compute only the eigenvectors of the `k` largest eigenvalues (all eigenvalues still)
               )->tuple[Tensor, Tensor]:
-    "Eigenvalues (ascending) and eigenvectors of the symmetric matrix whose upper triangle is `g`'s; overwrites `g`"
-    if g.device.type != 'cpu': return torch.linalg.eigh(g, UPLO='U')
-    lam,q = scipy.linalg.eigh(g.numpy(), lower=False, driver='evd', overwrite_a=True, check_finite=False)
+    "Eigenvalues (ascending) and eigenvectors (the last `k`, or all) of the symmetric matrix whose upper triangle is `g`'s; overwrites `g`"
+    if g.device.type != 'cpu':
+        lam,q = torch.linalg.eigh(g, UPLO='U')
+        return lam,(q if k is None else q[:, -k:])
+    a,kw = g.numpy(),dict(overwrite_a=True, check_finite=False)
+    if k is None: lam,q = scipy.linalg.eigh(a, lower=False, driver='evd', **kw)
+    else:   # LAPACK destroys only the triangle it reads, and the diagonal: the values come from the lower one, the vectors from the upper
+        d = a.diagonal().copy()
+        lam = scipy.linalg.eigh(fill_lower(g).numpy(), lower=True, eigvals_only=True, driver='evd', **kw)
+        np.fill_diagonal(a, d)
+        q = scipy.linalg.eigh(a, lower=False, driver='evr', subset_by_index=[len(a)-k, len(a)-1], **kw)[1]
     return torch.from_numpy(lam),torch.from_numpy(q)
+
+# %% ../../nbs/misc/fast_svd.ipynb #1d7861ac
+@functools.cache
+def _libc(): return ctypes.CDLL(None, use_errno=True)
+
+def free_pages(t:Tensor, # A tensor whose values beyond byte `start` are no longer needed
+               start:int, # Byte offset, in `t`'s memory, from which whole pages are handed back
+              ):
+    "Hand the pages of `t`'s memory beyond byte `start` back to the OS (CPU, Linux; elsewhere nothing is done): they read as zeros after"
+    if t.device.type != 'cpu' or not sys.platform.startswith('linux'): return
+    s,pg = t.untyped_storage(),mmap.PAGESIZE
+    lo,hi = -(-(s.data_ptr()+start)//pg)*pg,(s.data_ptr()+s.nbytes())//pg*pg   # whole pages inside the tensor's own bytes
+    if hi > lo: _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi-lo), 4)   # 4: MADV_DONTNEED
+
+def product_into(w:Tensor, # Contiguous `m` x `n` matrix alone in its memory, which is reused: `w` must not be used after
+                 left:Tensor|None=None, # `k` x `m`, for `left @ w`
+                 right:Tensor|None=None, # `n` x `k`, for `w @ right` (when `left` is not given)
+                 chunk:int=1024, # Columns (for `left`) or rows (for `right`) of `w` read at a time
+                )->Tensor:
+    "`left @ w` or `w @ right`, written over `w`'s own memory, which then shrinks to the result's size"
+    (m,n),flat = w.shape,w.detach().view(-1)
+    if left is not None:
+        k = len(left)
+        out,buf = flat[:k*n].view(k, n),w.new_empty(k*min(chunk, n))
+        for i in range(0, n, chunk):   # this chunk of `out` lies over rows of the columns just read
+            c = min(chunk, n-i); out[:, i:i+c] = torch.mm(left, w[:, i:i+c], out=buf[:k*c].view(k, c))
+    else:
+        k = right.shape[1]
+        out,buf = flat[:m*k].view(m, k),w.new_empty(min(chunk, m)*k)
+        for i in range(0, m, chunk):   # these rows of `out` lie over rows of `w` already read
+            c = min(chunk, m-i); out[i:i+c] = torch.mm(w[i:i+c], right, out=buf[:c*k].view(c, k))
+    size,s = out.numel()*out.element_size(),w.untyped_storage()
+    free_pages(w, size)
+    s.resize_(size)   # copies the result into a block of its size
+    return w.new_empty(0).set_(s, 0, out.shape)
 
 # %% ../../nbs/misc/fast_svd.ipynb #c9539d7f
 def truncate(u:Tensor, # Left singular vectors of an `m` x `n` matrix, `m` x `r`
@@ -54,14 +111,22 @@ class LowRankSVD:
         z:Tensor|None, # Matrix whose top left singular vectors are the basis: the weight itself for a plain truncated SVD
         w:Tensor|None=None, # The `m` x `n` weight factorised in that basis (default: `z`)
         g:Tensor|None=None, # `z @ z.T` (its upper triangle), given instead of `z` when only it is known
+        k:int|None=None, # The largest rank asked for, when known: a float32 `z` then gets a float32 Gram matrix if it resolves rank `k`
     ):
         self.z = None if z is None else z.detach()
         self.w = self.z if w is None else w.detach()
         self.wide = z is None or self.z.shape[0] <= self.z.shape[1]
-        lam,self.q = eigh_upper(g if z is None else gram(self.z if self.wide else self.z.T))
-        lam = lam.flip(0).clamp_min(0)
+        lean = k is not None and z is not None and self.z.dtype == torch.float32
+        self._eigh(g, k, torch.float32 if lean else torch.float64)
+        if lean and not self.resolved(k): self._eigh(None, None, torch.float64)
+
+    def _eigh(self, g, k, dtype):
+        "Set the spectrum from `g`, or from `z`'s Gram matrix in `dtype`"
+        if g is None: g = gram(self.z if self.wide else self.z.T, dtype=dtype)
+        lam,self.q = eigh_upper(g, k)
+        lam = lam.double().flip(0).clamp_min(0)
         self.energy,self.s = lam,lam.sqrt()
-        self.floor = self.guard * torch.finfo(torch.float64).eps * math.sqrt(max(self.w.shape)) * float(lam[0])
+        self.floor = self.guard * torch.finfo(g.dtype).eps * math.sqrt(max(self.w.shape)) * float(lam[0])
 
     def keep(self, k:int, # Largest rank `factors` will be asked for
             )->LowRankSVD:
@@ -76,16 +141,19 @@ class LowRankSVD:
         return (tail == 0 or tail > self.floor) and (self.wide or float(self.energy[k-1]) > self.floor)
 
     def factors(self, k:int, # Rank kept
+                overwrite:bool=False, # Write the factor computed from `w` over `w`'s memory (`product_into`), when `w` is `z`, float32 or better
                )->tuple[Tensor, Tensor]:
         "Rank-`k` factors `(a, b)`: `b = U_k` (`m` x `k`), `a = U_k^T w` (`k` x `n`, `S_k V_k^T` when `w` is `z`), in float32 or better"
         dt = torch.promote_types(self.w.dtype, torch.float32)
+        into = overwrite and self.z is self.w and self.w.dtype == dt and self.resolved(k)
         if self.z is not None and not self.resolved(k):
             a,b = truncate(*torch.linalg.svd(self.z.double(), full_matrices=False), k)
         elif self.wide: a,b = None,self.q[:, -k:].to(self.w.device, dt).flip(1)
         else:
             dz = torch.promote_types(self.z.dtype, torch.float32)
             qk,sk = self.q[:, -k:].flip(1).to(self.z.device, dz),self.s[:k].to(self.z.device, dz)
-            a,b = sk[:,None]*qk.T,(self.z.to(dz) @ qk)/sk
+            a,b = sk[:,None]*qk.T,(product_into(self.z, right=qk/sk) if into else (self.z.to(dz) @ qk)/sk)
         b = b.to(dt).contiguous()   # LAPACK's eigenvectors are column-major
-        if a is None or self.z is not self.w: a = b.T @ self.w.to(dt)
+        if a is None or self.z is not self.w: a = product_into(self.w, left=b.T) if into else b.T @ self.w.to(dt)
+        if into: self.z = self.w = None   # their memory now holds a factor
         return a.to(dt),b

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #632713b3
 from __future__ import annotations
-import copy, fnmatch, numbers, warnings
+import copy, fnmatch, numbers, sys, warnings
 import pandas as pd
 import torch
 from fastcore.basics import patch, store_attr
@@ -98,7 +98,7 @@ def linear_pair(lin:nn.Linear, # Layer replaced: gives the shapes, device, dtype
                 k:int, # Inner rank
                )->nn.Sequential:
     "Uninitialised `Sequential(Linear(n, k, bias=False), Linear(k, m))` to replace `lin`"
-    (m,n),w = lin.weight.shape,lin.weight
+    m,n,w = lin.out_features,lin.in_features,lin.weight
     kw = dict(device=w.device, dtype=w.dtype)
     pair = nn.Sequential(nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw), nn.utils.skip_init(nn.Linear, k, m, **kw))
     return pair.train(lin.training).requires_grad_(w.requires_grad)
@@ -207,7 +207,7 @@ class FC_Decomposer:
         layers:list|None=None, # Only these layers: names, globs or module classes (default: every `nn.Linear`)
         exclude:list|None=None, # Never these layers: names, globs or module classes
         skip_unprofitable:bool=False, # Leave a layer as it is when its pair would not have fewer parameters
-        inplace:bool=False, # Rewrite and return the model given, without copying it first
+        inplace:bool=False, # Rewrite and return the model given, without copying it first; weights nothing else holds lend their memory to the factors
         method:str='svd', # 'svd': weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
         sequential:bool=False, # Calibrate each layer on the outputs of the layers decomposed before it (data-aware methods)
         n_batches:int|None=None, # Calibrate on at most this many batches of `data`
@@ -242,10 +242,9 @@ def _reason(self:FC_Decomposer, model, name, lin, blocks)->str|None:
     if isinstance(self.rank, dict) and not any(matches(p, model, name) for p in self.rank): return "no pattern of `rank` matches"
 
 def all_finite(t:Tensor, # Tensor checked
-               chunk:int=2**22, # Values checked at a time
               )->bool:
-    "Whether `t` holds no NaN or Inf, checked over chunks of `chunk` values, so that no full-size temporary is made"
-    return all(bool(torch.isfinite(c).all()) for c in t.detach().reshape(-1).split(chunk))
+    "Whether `t` holds no NaN or Inf, read off its minimum and maximum (a NaN propagates to both): no temporary is made"
+    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all())
 
 def _check(name, lin):
     "Raise a `ValueError` naming the layer `name` if `lin` can't be factorised"
@@ -310,13 +309,23 @@ def _svd(self:FC_Decomposer, lin:nn.Linear, stats)->LowRankSVD:
     "The factorisation of `lin` that `method` asks for: of its weight, or in the basis its calibration `stats` give"
     return LowRankSVD(lin.weight) if stats is None else data_svd(lin.weight, stats, self.method)
 
+def _sole_weight(lin:nn.Linear)->bool:
+    "Whether `lin`'s weight can give its memory to a factor: float32, on the CPU, alone in its memory, and held by `lin` alone"
+    p,count = lin._parameters['weight'],getattr(torch._C, '_storage_Use_Count', None)
+    s = p.untyped_storage()
+    return (count is not None and p.device.type == 'cpu' and p.dtype == torch.float32 and p.is_contiguous()
+            and p.storage_offset() == 0 and s.nbytes() == p.numel()*p.element_size() and s.resizable()
+            and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin`, `p`, the call; users of the memory: `p`, `s`
+
 @patch
 def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr:LowRankSVD|None, stats)->nn.Module:
     "Replace the layer of row `r` in `res` by its rank-`r['rank']` pair, from `lr` or a new factorisation; returns the root"
     del r['lin']   # the row lets go of the original layer, so that it is freed once replaced
     k,old = r['rank'],res.get_submodule(r['name'])
-    lr = lr or self._svd(old, stats)
-    a,b = lr.factors(k)
+    reuse = self.inplace and lr is None and stats is None and _sole_weight(old)
+    lr = lr or (LowRankSVD(old.weight, k=k) if reuse else self._svd(old, stats))
+    a,b = lr.factors(k, overwrite=reuse)
+    if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
     pair = low_rank_linear(a, b, old)
     r['energy_kept'],r['rel_error'] = truncation_error(lr.s, k)
     self.spectra[r['name']] = lr.s.cpu()

@@ -14,10 +14,13 @@ from .fc_decomposer import DecompositionReport, FC_Decomposer
 __all__ = ['FCDecomposeCallback']
 
 # %% ../../nbs/misc/learner.ipynb #76189c3e
-def _new_opt(learn:Learner):
-    "Recreate `learn`'s optimizer over its model's current parameters, frozen as the old one was"
-    frozen = getattr(learn.opt, 'frozen_idx', 0)
+def _new_opt(learn:Learner,
+             frozen:int=0, # Parameter groups frozen, as `opt.frozen_idx`
+             sd:dict|None=None, # State to load, from `opt.state_dict()`
+            ):
+    "Recreate `learn`'s optimizer over its model's current parameters, with the state `sd` if given, frozen up to group `frozen`"
     learn.create_opt()
+    if sd is not None: learn.opt.load_state_dict(sd)
     if frozen: learn.opt.freeze_to(frozen)
 
 @patch
@@ -28,8 +31,11 @@ def decompose_fc(self:Learner,
 )->DecompositionReport: # The per-layer report
     "Factorise the `nn.Linear` layers of `self.model` in place, calibrating on `self.dls.train`, and recreate the optimizer"
     fc = FC_Decomposer(inplace=True, n_batches=n_batches, **kwargs)
-    self.model = fc.decompose(self.model, self.dls.train if fc.method != 'svd' else None)
-    _new_opt(self)
+    frozen,sd = getattr(self.opt, 'frozen_idx', 0),(self.opt.state_dict() if self.opt else None)
+    self.opt = None   # it holds the weights: without it, their memory can go to the factors
+    try: self.model = fc.decompose(self.model, self.dls.train if fc.method != 'svd' else None)
+    except Exception: _new_opt(self, frozen, sd); raise   # the model is as it was: so is the optimizer
+    _new_opt(self, frozen)
     return fc.report
 
 # %% ../../nbs/misc/learner.ipynb #a1dcf318
