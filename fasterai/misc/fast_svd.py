@@ -145,8 +145,9 @@ class LowRankSVD:
                )->tuple[Tensor, Tensor]:
         "Rank-`k` factors `(a, b)`: `b = U_k` (`m` x `k`), `a = U_k^T w` (`k` x `n`, `S_k V_k^T` when `w` is `z`), in float32 or better"
         dt = torch.promote_types(self.w.dtype, torch.float32)
-        into = overwrite and self.z is self.w and self.w.dtype == dt and self.resolved(k)
-        if self.z is not None and not self.resolved(k):
+        fast = self.z is None or self.resolved(k)
+        into = overwrite and fast and self.z is self.w and self.w.dtype == dt
+        if not fast:
             a,b = truncate(*torch.linalg.svd(self.z.double(), full_matrices=False), k)
         elif self.wide: a,b = None,self.q[:, -k:].to(self.w.device, dt).flip(1)
         else:

@@ -305,9 +305,9 @@ def _bar(self:FC_Decomposer, rows:list)->list:
     return progress_bar(rows, leave=False) if show and rows else rows
 
 @patch
-def _svd(self:FC_Decomposer, lin:nn.Linear, stats)->LowRankSVD:
-    "The factorisation of `lin` that `method` asks for: of its weight, or in the basis its calibration `stats` give"
-    return LowRankSVD(lin.weight) if stats is None else data_svd(lin.weight, stats, self.method)
+def _svd(self:FC_Decomposer, lin:nn.Linear, stats, k:int|None=None)->LowRankSVD:
+    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given), or in the basis its calibration `stats` give"
+    return LowRankSVD(lin.weight, k=k) if stats is None else data_svd(lin.weight, stats, self.method)
 
 def _sole_weight(lin:nn.Linear)->bool:
     "Whether `lin`'s weight can give its memory to a factor: float32, on the CPU, alone in its memory, and held by `lin` alone"
@@ -323,7 +323,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr:LowRankSVD|None, stat
     del r['lin']   # the row lets go of the original layer, so that it is freed once replaced
     k,old = r['rank'],res.get_submodule(r['name'])
     reuse = self.inplace and lr is None and stats is None and _sole_weight(old)
-    lr = lr or (LowRankSVD(old.weight, k=k) if reuse else self._svd(old, stats))
+    lr = lr or self._svd(old, stats, k if reuse else None)
     a,b = lr.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
     pair = low_rank_linear(a, b, old)
