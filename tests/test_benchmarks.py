@@ -22,7 +22,10 @@ def test_suite_quick():
 
 def test_data_aware_quick():
     out = run('data_aware.py')
-    cos = {r[1]:float(r[3]) for r in rows(out, 'all-MiniLM-L6-v2')}
-    assert cos['whiten'] > cos['asvd'] > cos['svd'] > 0.5, out
+    cos = {(r[1], r[2]):float(r[4]) for r in rows(out, 'all-MiniLM-L6-v2')}
+    kind = 'random order, padded'
+    assert cos['whiten', kind] > cos['asvd', kind] > cos['svd', '-'] > 0.5, out
+    assert abs(cos["whiten", "random order, padded"] - cos["whiten", "same length, unpadded"]) < 0.005, out   # padding kept out
+    assert cos["budget", "random order, padded"] >= cos["whiten", "random order, padded"] - 0.01, out   # same parameters, spent by sensitivity
     acc = {r[1]:float(r[3]) for r in rows(out, '## Digits')}
     assert acc['original'] > 0.9 and max(acc['asvd'], acc['whiten'], acc['whiten_seq']) >= acc['svd'], out

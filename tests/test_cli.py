@@ -26,7 +26,7 @@ def test_decompose_fastai_export_with_calibration(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'classifier.0' in r.stdout and 'model: ' in r.stdout and 'written to' in r.stdout, r.stdout
     small = load_learner(tmp_path/'small.pkl')
-    assert [type(small.model.classifier[i]) for i in (0, 3, 6)] == [nn.Sequential, nn.Sequential, nn.Linear]
+    assert [type(small.model.classifier[i]) for i in (0, 3, 6)] == [LowRankLinear, LowRankLinear, nn.Linear]
     assert small.model.classifier[0][0].out_features == 64
     assert digest(src) == before
 

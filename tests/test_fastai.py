@@ -44,7 +44,7 @@ def test_export_load_learner(tmp_path):
     back = load_learner(tmp_path/'model.pkl')
     x = learn.dls.valid.one_batch()[0]
     same(back.model, learn.model, x)
-    assert type(back.model.classifier[0]) is nn.Sequential
+    assert type(back.model.classifier[0]) is LowRankLinear
 
 def test_torch_save_load_and_state_dict(tmp_path):
     learn = decomposed_learner(tmp_path)

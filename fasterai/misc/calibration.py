@@ -8,18 +8,19 @@ import math
 import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import to_device
-from .fast_svd import LowRankSVD, gram
+from .fast_svd import LowRankSVD, eigh_upper, gram
+from .surgery import features, linear_bias, weight_param
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
-           'collect_stats']
+           'padding_mask', 'collect_stats', 'PairStats', 'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
-    "Streaming float64 moments of an `nn.Linear`'s activations: each input channel's, and the smaller side's second moments"
-    def __init__(self, lin:nn.Linear): # The layer whose activations are summed
-        (self.m,self.n),w = lin.weight.shape,lin.weight
+    "Streaming float64 moments of a linear layer's activations: each input channel's, and the smaller side's second moments"
+    def __init__(self, lin:nn.Module): # The linear layer (`is_linear`) whose activations are summed
+        (self.m,self.n),w = features(lin),weight_param(lin)
         self.outputs = self.m < self.n # Whether the second moments are of the (pre-bias) outputs rather than the inputs
         d,kw = min(self.m, self.n),dict(dtype=torch.float64, device=w.device)
         self.rows,self.finite = 0,True
@@ -114,18 +115,28 @@ def calibration_batches(data, # A fastai `DataLoaders` or `DataLoader`, a torch 
         if n_batches is not None and i >= n_batches: break
         yield batch_args(b, n_inp)
 
+# %% ../../nbs/misc/calibration.ipynb #f3248a57
+def padding_mask(kwargs:dict, # Keyword arguments of a calibration batch
+                )->Tensor|None:
+    "Which positions of the batch are real (`attention_mask` as booleans, `(batch, sequence)`), or `None` when it has none"
+    m = kwargs.get('attention_mask')
+    return m.bool() if isinstance(m, Tensor) and m.dim() == 2 else None
+
 # %% ../../nbs/misc/calibration.ipynb #0a8ded4b
 def collect_stats(model:nn.Module, # Model run on the data (not modified)
-                  layers:dict, # `{name: nn.Linear}` of `model` to calibrate
+                  layers:dict, # `{name: linear layer}` of `model` to calibrate
                   data, # Calibration data, as `calibration_batches` takes it
                   n_batches:int|None=None, # Use at most this many batches
                  )->tuple[dict, list]:
     "`{name: LayerStats}` of `layers` over the calibration batches, and their names in the order the model first ran them"
     stats,order,names = {n:LayerStats(l) for n,l in layers.items()},[],{}
     for n,l in layers.items(): names.setdefault(l, []).append(n)
+    keep = None   # the current batch's attention mask, as booleans
     def hook(lin, args, out):
+        x,y = args[0],out
+        if keep is not None and x.shape[:-1] == keep.shape: x,y = x[keep],y[keep]   # rows that line up with the mask
         for n in names[lin]:
-            stats[n].update(args[0], out, lin.bias)
+            stats[n].update(x, y, linear_bias(lin))
             if n not in order: order.append(n)
     p = next(model.parameters(), None)
     device,modes = (p.device if p is not None else None),{m:m.training for m in model.modules()}
@@ -134,7 +145,9 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
         model.eval()
         with torch.no_grad():
             for i,(args,kwargs) in enumerate(calibration_batches(data, n_batches)):
-                try: model(*to_device(args, device), **to_device(kwargs, device))
+                args,kwargs = to_device(args, device),to_device(kwargs, device)
+                keep = padding_mask(kwargs)
+                try: model(*args, **kwargs)
                 except Exception as e: raise ValueError(f"calibration batch {i} failed in the model: {type(e).__name__}: {e}") from e
                 bad = [n for n,s in stats.items() if not s.finite]
                 if bad: raise ValueError(f"layer '{bad[0]}' has non-finite (NaN or Inf) activations in calibration batch {i}")
@@ -143,3 +156,81 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
         for m,t in modes.items(): m.training = t
     if not order: raise ValueError("the calibration data gave no batch that ran through the layers: it is empty, or they are not used")
     return stats,order
+
+# %% ../../nbs/misc/calibration.ipynb #bdf731f7
+class PairStats:
+    "Streaming float64 moments of what a layer computed on the original inputs (`y`) and of what it will see (`s`): the inputs of the decomposed model, or the layer's responses to them"
+    max_inputs = 16384 # Above this many inputs (and more inputs than outputs), `s` is taken on the output side
+    def __init__(self, lin:nn.Module): # The linear layer (`is_linear`) whose activations are summed
+        (self.m,self.n),w = features(lin),weight_param(lin)
+        self.outputs = self.n > max(self.m, self.max_inputs) # Whether `s` is the layer's (pre-bias) response to the new inputs
+        d,kw = self.m if self.outputs else self.n,dict(dtype=torch.float64, device=w.device)
+        self.rows,self.finite,self.sq_y = 0,True,0.
+        self.sum_y,self.sum_s,self.ys,self.ss = torch.zeros(self.m, **kw),torch.zeros(d, **kw),torch.zeros(self.m, d, **kw),torch.zeros(d, d, **kw)
+
+    def update(self,
+               y:Tensor, # The original layer's outputs on the original inputs, (..., m), bias included
+               x:Tensor, # Its inputs in the decomposed model, (..., n)
+               s:Tensor|None, # Its outputs on them, (..., m), bias included: needed on the output side
+               bias:Tensor|None, # Its bias, taken off the outputs
+              ):
+        "Add a batch of rows: what the layer computed originally, and its inputs (and outputs) in the decomposed model"
+        b = 0 if bias is None else bias.detach().double()
+        y = y.detach().reshape(-1, self.m).double() - b
+        s = (s.detach().reshape(-1, self.m).double() - b) if self.outputs else x.detach().reshape(-1, self.n).double()
+        if not (torch.isfinite(y).all() and torch.isfinite(s).all()): self.finite = False; return
+        self.rows += len(y)
+        self.sum_y += y.sum(0); self.sum_s += s.sum(0); self.sq_y += float(y.square().sum())
+        self.ys.addmm_(y.T, s); self.ss.addmm_(s.T, s)
+
+    @property
+    def mean_y(self)->Tensor: "Mean pre-bias output of the original layer"; return self.sum_y/self.rows
+    @property
+    def mean_s(self)->Tensor: "Mean of the source"; return self.sum_s/self.rows
+    @property
+    def total(self)->float: "Variance of the original outputs around their mean, summed over outputs"; return self.sq_y/self.rows - float(self.mean_y.square().sum())
+
+# %% ../../nbs/misc/calibration.ipynb #b6e8212c
+class CorrectedSVD:
+    "Rank-`k` factors of a layer that best map the inputs it gets in the decomposed model to its original outputs, with their bias and error"
+    def __init__(self,
+        w:Tensor, # Weight of the layer, `m` x `n`
+        stats:PairStats, # Its statistics on the two streams
+        damp:float|None=None, # Ridge relative to the mean variance of the source (default: `d / 2N` for `N` rows of `d` features, at least 1e-6)
+    ):
+        st,ms = stats,stats.mean_s
+        c_ss = st.ss/st.rows - torch.outer(ms, ms)
+        self.c_ys = st.ys/st.rows - torch.outer(st.mean_y, ms)
+        damp = max(len(c_ss)/(2*st.rows), 1e-6) if damp is None else damp
+        d,eye = damp*float(c_ss.diagonal().clamp_min(0).mean()) or damp,torch.eye(len(c_ss), dtype=c_ss.dtype, device=c_ss.device)
+        p = eye if st.outputs else w.detach().to(c_ss)   # what the ridge pulls the map towards: the layer as it was
+        self.c_ss = (c_ss + c_ss.T)/2
+        lam,q = eigh_upper(self.c_ss + d*eye)   # LAPACK's divide and conquer, on the CPU
+        t,lam = (self.c_ys + d*p) @ q,lam.clamp_min(d)
+        self.m_star = (t/lam) @ q.T   # (C_ys + δP)(C_ss + δI)^-1
+        self.lr = LowRankSVD(t/lam.sqrt(), self.m_star @ w.detach().to(c_ss) if st.outputs else self.m_star)
+        self.s,self.stats = self.lr.s,st
+
+    def keep(self, k:int, # Largest rank `factors` will be asked for
+            )->CorrectedSVD:
+        "Free the singular vectors beyond the first `k`; returns `self`"
+        self.lr.keep(k)
+        return self
+    def factors(self, k:int, # Rank kept
+                overwrite:bool=False, # Unused: the factors are new tensors
+               )->tuple[Tensor, Tensor]:
+        "Rank-`k` factors `(a, b)`, `b = U_k` with orthonormal columns"
+        return self.lr.factors(k)
+
+    def bias_shift(self, u:Tensor, # `U_k`, `m` x `k`
+                  )->Tensor:
+        "What to add to the layer's bias to keep the mean output: `ȳ − U_k U_kᵀ M* s̄`"
+        u,ms = u.double(),self.m_star @ self.stats.mean_s
+        return self.stats.mean_y - u @ (u.T @ ms)
+
+    def error(self, u:Tensor, # `U_k`, `m` x `k`
+             )->float:
+        "Output error of the truncation on the calibration data, relative to the outputs' spread: ‖Y − W'S‖_F / ‖Y − Ȳ‖_F"
+        a,total = u.double().T @ self.m_star,self.stats.total   # W' = U_k a on the source
+        err = total - 2*float((a * (u.double().T @ self.c_ys)).sum()) + float((a @ self.c_ss * a).sum())
+        return math.sqrt(max(err, 0)/total) if total > 0 else 0.0

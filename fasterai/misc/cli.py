@@ -4,13 +4,13 @@
 
 # %% ../../nbs/misc/cli.ipynb #875cfe7b
 from __future__ import annotations
-import argparse, os, sys, tempfile, warnings
+import argparse, os, shutil, sys, tempfile, warnings
 from pathlib import Path
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['CLIError', 'parser', 'read_model', 'write_model', 'decompose_file', 'demo', 'main', 'console']
+__all__ = ['CLIError', 'parser', 'read_model', 'write_model', 'read_calib', 'decompose_file', 'demo', 'main', 'console']
 
 # %% ../../nbs/misc/cli.ipynb #cbec6a0a
 class CLIError(Exception): "An error the command line reports in one line"
@@ -22,8 +22,11 @@ def parser()->argparse.ArgumentParser:
     "The `fasterai-fc` argument parser"
     p = _Parser(prog='fasterai-fc', description='Factorise the fully-connected layers of a model with a truncated SVD')
     sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
-    d = sub.add_parser('decompose', help='decompose a saved model', description='Decompose the nn.Linear layers of a saved model')
-    d.add_argument('input', help='model saved with torch.save(model), or a fastai export (.pkl)')
+    d = sub.add_parser('decompose', help='decompose a saved model', description='Decompose the linear layers of a saved model. '
+                       'A Hugging Face model directory is the safe input; .pt and .pkl files are pickles, which run code when loaded: '
+                       'only read files you trust.')
+    d.add_argument('input', help='a Hugging Face model directory (config.json + safetensors), a model saved with torch.save(model) '
+                   '(a pickle), or a fastai export (.pkl, a pickle)')
     d.add_argument('output', help='where to write the decomposed model, in the same form')
     g = d.add_mutually_exclusive_group()
     g.add_argument('--rank-ratio', type=float, help='fraction of min(m, n) kept per layer (default 0.5)')
@@ -31,8 +34,12 @@ def parser()->argparse.ArgumentParser:
     g.add_argument('--rank', type=int, help='rank kept in every layer')
     g.add_argument('--budget', type=float, help="fraction of the selected layers' parameters kept")
     d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), default='svd', help='data-aware methods need --calib')
-    d.add_argument('--sequential', action='store_true', help='calibrate each layer on the decomposed layers before it')
-    d.add_argument('--calib', help='calibration inputs saved with torch.save: a tensor or a list of batches')
+    d.add_argument('--sequential', action='store_true', help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
+    d.add_argument('--calib', help="calibration data: a text file (.txt, one sample a line, read with the input directory's "
+                   "tokenizer), or inputs saved with torch.save (a tensor or a list of batches)")
+    d.add_argument('--max-length', type=int, default=128, help='tokens kept per text sample (default 128)')
+    d.add_argument('--n-samples', type=int, help='use the first N lines of a text --calib (default: all)')
+    d.add_argument('--bs', type=int, default=8, help='text samples per calibration batch (default 8)')
     d.add_argument('--n-batches', type=int, help='use at most this many calibration batches')
     d.add_argument('--layers', nargs='+', metavar='PATTERN', help='only these layers (names or globs)')
     d.add_argument('--exclude', nargs='+', metavar='PATTERN', help='never these layers (names or globs)')
@@ -44,10 +51,19 @@ def parser()->argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/misc/cli.ipynb #42e1031c
-def read_model(path:Path): # A `.pkl` fastai export, or a file written by `torch.save(model)`
-    "The `Learner` exported at `path` (`.pkl`), or the `nn.Module` saved there with `torch.save`"
-    if not path.is_file(): raise CLIError(f"{path}: no such file")
+def read_model(path:Path): # A Hugging Face model directory, a `.pkl` fastai export, or a file written by `torch.save(model)`
+    "The `transformers` model in the directory `path`, the `Learner` exported at `path` (`.pkl`), or the `nn.Module` saved there with `torch.save`"
+    if path.is_dir() and not (path/'config.json').is_file(): raise CLIError(f"{path}: a directory without config.json, not a Hugging Face model")
+    if not path.exists(): raise CLIError(f"{path}: no such file")
     try:
+        if path.is_dir():
+            from transformers.utils import logging
+            from fasterai.misc.huggingface import load_pretrained
+            bar = logging.is_progress_bar_enabled()
+            logging.disable_progress_bar()   # stderr is for the one-line errors
+            try: return load_pretrained(path)
+            finally:
+                if bar: logging.enable_progress_bar()
         if path.suffix == '.pkl':
             from fastai.learner import load_learner
             return load_learner(path)
@@ -56,20 +72,65 @@ def read_model(path:Path): # A `.pkl` fastai export, or a file written by `torch
     if not isinstance(obj, nn.Module): raise CLIError(f"{path}: holds a {type(obj).__name__}, not a model saved with torch.save(model)")
     return obj
 
-def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Module` (saved with `torch.save`)
-                path:Path, # Where to write it
-               ):
-    "Write `obj` (a `Learner` or an `nn.Module`) to `path` through a temporary file, so `path` is never half-written"
-    fd,tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
+_weights = ('.safetensors', '.bin', '.index.json', '.pt', '.pth', '.h5', '.msgpack', '.onnx', '.ckpt')
+
+def _copy_along(src:Path, dst:Path):
+    "Copy the files of the model directory `src` that `dst` lacks (tokenizer, configurations), but no weights: they are the old model's"
+    for f in src.iterdir():
+        if (dst/f.name).exists() or f.name.endswith(_weights) or f.is_dir() and any(g.name.endswith(_weights) for g in f.rglob('*')): continue
+        if f.is_dir(): shutil.copytree(f, dst/f.name)
+        else: shutil.copy2(f, dst/f.name)
+
+def _move_into_place(tmp:Path, path:Path):
+    "Rename `tmp` to `path`; a directory already there is first moved aside, and removed once `tmp` is in place"
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.old'))
     try:
-        if hasattr(obj, 'export'): obj.export(Path(tmp).absolute())
-        else: torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+        if path.is_dir(): os.replace(path, aside/path.name)
+        try: os.replace(tmp, path)
+        except BaseException:
+            if (aside/path.name).exists(): os.replace(aside/path.name, path)   # put the old one back
+            raise
+    finally: shutil.rmtree(aside, ignore_errors=True)
+
+def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Module` (saved with `torch.save`, or `save_pretrained`)
+                path:Path, # Where to write it
+                src:Path|None=None, # The model directory read, whose other files a `save_pretrained` directory gets
+               ):
+    "Write `obj` to `path` (a directory when it has `save_pretrained`) through a temporary beside it, so `path` is never half-written"
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
+    try:
+        if hasattr(obj, 'save_pretrained'):
+            obj.save_pretrained(tmp)
+            if src is not None and src.is_dir(): _copy_along(src, tmp)
+            _move_into_place(tmp, path)
+        else:
+            if hasattr(obj, 'export'): obj.export((tmp/path.name).absolute())
+            else: torch.save(obj, tmp/path.name)
+            _move_into_place(tmp/path.name, path)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../../nbs/misc/cli.ipynb #5aad5266
+def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.save`
+               src:Path, # The model read: a directory gives the tokenizer for text
+               a:argparse.Namespace, # Arguments parsed by `parser`: `max_length`, `n_samples`, `bs`
+              ):
+    "Calibration batches from `path`: text tokenised with `src`'s tokenizer, or what `torch.save` saved there"
+    if not path.is_file(): raise CLIError(f"{path}: no such file")
+    if path.suffix != '.txt':
+        try: return torch.load(path, weights_only=False, map_location='cpu')
+        except Exception as e: raise CLIError(f"{path}: can't read calibration data from it ({type(e).__name__})") from None
+    if not src.is_dir(): raise CLIError(f"{path}: text calibration needs a Hugging Face model directory, whose tokenizer reads it")
+    for o in ('max_length', 'n_samples', 'bs'):
+        v = getattr(a, o)
+        if v is not None and v < 1: raise CLIError(f"--{o.replace('_', '-')} must be a positive integer, got {v}")
+    lines = [l for l in path.read_text(errors='replace').splitlines() if l.strip()][:a.n_samples]
+    if not lines: raise CLIError(f"{path}: holds no text")
+    from transformers import AutoTokenizer
+    from fasterai.misc.huggingface import text_batches
+    try: tok = AutoTokenizer.from_pretrained(src)
+    except Exception as e: raise CLIError(f"{src}: no tokenizer to read {path.name} with ({type(e).__name__})") from None
+    return text_batches(tok, lines, a.max_length, a.bs)
+
 def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc decompose` with the parsed arguments `a`"
     from fasterai.misc.fc_decomposer import FC_Decomposer
@@ -82,17 +143,13 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
                             skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, n_batches=a.n_batches,
                             inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
     except ValueError as e: raise CLIError(str(e).replace('rank_ratio', '--rank-ratio').replace('energy_threshold', '--energy')) from None
+    data = read_calib(Path(a.calib), src, a) if a.calib else None
     obj = read_model(src)
-    data = None
-    if a.calib:
-        p = Path(a.calib)
-        try: data = torch.load(p, weights_only=False, map_location='cpu')
-        except Exception as e: raise CLIError(f"{p}: can't read calibration data from it ({type(e).__name__})") from None
     model = obj.model if hasattr(obj, 'export') else obj
     try: new = fc.decompose(model, data)
     except ValueError as e: raise CLIError(str(e)) from None
     if hasattr(obj, 'export'): obj.model = new
-    write_model(obj if hasattr(obj, 'export') else new, dst)
+    write_model(obj if hasattr(obj, 'export') else new, dst, src)
     print(fc.report.to_string())
     print(fc.report.totals())
     print(f"written to {dst}")

@@ -11,7 +11,7 @@ from torch import Tensor
 from scipy.linalg import blas
 
 # %% auto #0
-__all__ = ['gram', 'fill_lower', 'eigh_upper', 'free_pages', 'product_into', 'truncate', 'LowRankSVD']
+__all__ = ['gram', 'fill_lower', 'eigh_upper', 'free_pages', 'product_into', 'truncate', 'LowRankSVD', 'FactorSVD']
 
 # %% ../../nbs/misc/fast_svd.ipynb #b6652ae7
 def gram(w:Tensor, # An `m` x `n` matrix
@@ -158,3 +158,27 @@ class LowRankSVD:
         if a is None or self.z is not self.w: a = product_into(self.w, left=b.T) if into else b.T @ self.w.to(dt)
         if into: self.z = self.w = None   # their memory now holds a factor
         return a.to(dt),b
+
+# %% ../../nbs/misc/fast_svd.ipynb #c05fa977
+class FactorSVD:
+    "Singular values and rank-`k` factors of `b @ a`, from the factors alone: QR of each, then the SVD of the small core"
+    def __init__(self,
+        a:Tensor, # First factor, `k` x `n`
+        b:Tensor, # Second factor, `m` x `k`
+    ):
+        qa,ra = torch.linalg.qr(a.detach().double().T)
+        qb,rb = torch.linalg.qr(b.detach().double())
+        u,self.s,vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)
+        self.u,self.vh,self.dtype = qb @ u,vh @ qa.T,torch.promote_types(a.dtype, torch.float32)
+
+    def keep(self, k:int, # Largest rank `factors` will be asked for
+            )->FactorSVD:
+        "Free the singular vectors beyond the first `k`; returns `self`"
+        self.u,self.vh = self.u[:, :k],self.vh[:k]
+        return self
+
+    def factors(self, k:int, # Rank kept
+                overwrite:bool=False, # Unused: the factors never overwrite their input
+               )->tuple[Tensor, Tensor]:
+        "Rank-`k` factors `(a, b)` of the product, as `LowRankSVD.factors` gives them: `b` has orthonormal columns"
+        return tuple(f.to(self.dtype) for f in truncate(self.u, self.s, self.vh, k))

@@ -9,14 +9,19 @@ import pandas as pd
 import torch
 from fastcore.basics import patch, store_attr
 from fastprogress.fastprogress import progress_bar
-from .calibration import collect_stats, data_svd, mean_correction, output_error
-from .fast_svd import LowRankSVD
+from .. import __version__
+from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
+from .fast_svd import FactorSVD, LowRankSVD
+from .sensitivity import jacobian_sensitivity, measured_sensitivity
+from .sequential import sequential_walk
+from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
+    linear_weight, low_rank_linear, named_linears, swap_module)
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', 'rank_from_ratio', 'rank_from_energy',
-           'truncation_error', 'allocate_budget', 'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module',
-           'matches', 'blocked', 'keep_off_fast_path', 'DecompositionReport', 'FC_Decomposer', 'all_finite']
+           'truncation_error', 'allocate_budget', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite',
+           'record_ranks']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
 def linear_params(m:int, # Output features
@@ -82,57 +87,18 @@ def truncation_error(s:Tensor, # Singular values, in decreasing order
 # %% ../../nbs/misc/fc_decomposer.ipynb #78a035f4
 def allocate_budget(spectra:list, # (singular values, m, n) of each layer
                     n_params:int, # Parameters the layers may have in total after decomposition
+                    weights:list|None=None, # What a unit of each layer's squared error costs (default: 1/‖W‖², errors relative to each layer's own energy)
                    )->list[int]:
-    "Ranks for the layers of `spectra` that fit in `n_params` parameters with the least total relative squared error"
+    "Ranks for the layers of `spectra` that fit in `n_params` parameters with the least total weighted squared error"
+    if weights is None: weights = [1/float(s.double().square().sum().clamp_min(1e-300)) for s,_,_ in spectra]
     ks = [1]*len(spectra)
     left = n_params - sum(factored_params(m, n, 1) for _,m,n in spectra)
-    gains = [(float(g)/(m+n), i, j) for i,(s,m,n) in enumerate(spectra)
-             for j,g in enumerate(s[1:].double().square()/s.double().square().sum().clamp_min(1e-300), 1)]
+    gains = [(w*float(g)/(m+n), i, j) for i,((s,m,n),w) in enumerate(zip(spectra, weights))
+             for j,g in enumerate(s[1:].double().square(), 1)]
     for _,i,j in sorted(gains, key=lambda o: -o[0]):
         _,m,n = spectra[i]
         if m+n <= left and j == ks[i]: ks[i],left = j+1,left-(m+n)
     return ks
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #e5d3b9bd
-def linear_pair(lin:nn.Linear, # Layer replaced: gives the shapes, device, dtype, mode and `requires_grad`
-                k:int, # Inner rank
-               )->nn.Sequential:
-    "Uninitialised `Sequential(Linear(n, k, bias=False), Linear(k, m))` to replace `lin`"
-    m,n,w = lin.out_features,lin.in_features,lin.weight
-    kw = dict(device=w.device, dtype=w.dtype)
-    pair = nn.Sequential(nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw), nn.utils.skip_init(nn.Linear, k, m, **kw))
-    return pair.train(lin.training).requires_grad_(w.requires_grad)
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #3be0ff6d
-def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n, k, bias=False)`
-                    b:Tensor, # Second factor, `m` x `k`: the weight of `Linear(k, m)`
-                    lin:nn.Linear, # Layer replaced: gives the bias (zeros if it has none), device, dtype and mode
-                   )->nn.Sequential:
-    "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `b @ a @ x + lin.bias`"
-    pair,w = linear_pair(lin, a.shape[0]),lin.weight
-    for l,f in zip(pair, (a, b)): l.weight = nn.Parameter(f.detach().to(w.device, w.dtype).contiguous(), w.requires_grad)
-    with torch.no_grad():
-        if lin.bias is None: pair[1].bias.zero_()
-        else: pair[1].bias.copy_(lin.bias)
-    return pair
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #03d0584f
-def named_linears(model:nn.Module, # Model walked
-                 )->dict[nn.Linear, str]:
-    "Each `nn.Linear` of `model`, once even when it is used at several places, with its first qualified name"
-    return {m:name for name,m in model.named_modules() if isinstance(m, nn.Linear)}
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #f371fe83
-def swap_module(model:nn.Module, # Model rewritten in place
-                old:nn.Module, # Module replaced wherever it is referenced
-                new:nn.Module, # Replacement
-               )->nn.Module:
-    "Replace every reference to `old` in `model` by `new`; returns the root, which is `new` when `model` is `old`"
-    if model is old: return new
-    for parent in list(model.modules()):
-        for name,child in list(parent._modules.items()):
-            if child is old: setattr(parent, name, new)
-    return model
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #f7e1340c
 def matches(entry, # A module name, a glob, or a module class
@@ -144,33 +110,6 @@ def matches(entry, # A module name, a glob, or a module class
     paths = ['.'.join(parts[:i]) for i in range(len(parts)+1)]
     if isinstance(entry, type): return any(isinstance(model.get_submodule(p), entry) for p in paths)
     return any(fnmatch.fnmatchcase(p, entry) for p in paths[1:])
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #4562ba3a
-def blocked(model:nn.Module, # Model walked
-           )->dict[nn.Linear, str]:
-    "The `nn.Linear` layers of `model` that cannot be replaced, with the reason"
-    res,owners = {},{}
-    for name,mod in model.named_modules():
-        for p in mod._parameters.values():
-            if p is not None: owners.setdefault(id(p), []).append(name)
-        if isinstance(mod, nn.MultiheadAttention) and isinstance(mod.out_proj, nn.Linear):
-            res[mod.out_proj] = f"nn.MultiheadAttention '{name}' reads its out_proj weight directly"
-    for lin,name in named_linears(model).items():
-        others = [o for o in owners[id(lin.weight)] if o != name]
-        if others and lin not in res: res[lin] = f"weight shared with '{others[0]}'"
-    return res
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #927d2e20
-def _no_fast_path(module, args): "A no-op forward pre-hook: torch's fused transformer path is skipped for hooked layers"
-
-def keep_off_fast_path(model:nn.Module, # Model whose transformer layers are checked, in place
-                      )->nn.Module:
-    "Send `nn.TransformerEncoder(Layer)`s whose feed-forward layers were replaced down torch's Python path"
-    changed = lambda l: isinstance(l, nn.TransformerEncoderLayer) and not (type(l.linear1) is type(l.linear2) is nn.Linear)
-    for mod in model.modules():
-        if changed(mod) and _no_fast_path not in mod._forward_pre_hooks.values(): mod.register_forward_pre_hook(_no_fast_path)
-        if isinstance(mod, nn.TransformerEncoder) and any(map(changed, mod.layers)): mod.use_nested_tensor = False
-    return model
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #f329ac43
 class DecompositionReport(pd.DataFrame):
@@ -198,18 +137,20 @@ class DecompositionReport(pd.DataFrame):
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #3b6430df
 class FC_Decomposer:
-    "Factorise the `nn.Linear` layers of a model into pairs of thinner layers with a truncated SVD"
+    "Factorise the linear layers of a model into pairs of thinner layers with a truncated SVD"
     def __init__(self,
         rank_ratio:float|None=None, # Fraction of `min(m, n)` kept per layer, in (0, 1]; 0.5 when no other policy is given
         energy_threshold:float|None=None, # Keep the fewest singular values holding this fraction of each layer's energy, in (0, 1]
         rank:int|dict|None=None, # Rank kept, for every layer, or per layer as `{name or glob: rank}` (first match wins)
         budget:float|None=None, # Fraction of the selected layers' parameters kept in total, in (0, 1)
-        layers:list|None=None, # Only these layers: names, globs or module classes (default: every `nn.Linear`)
+        layers:list|None=None, # Only these layers: names, globs or module classes (default: every linear layer)
         exclude:list|None=None, # Never these layers: names, globs or module classes
         skip_unprofitable:bool=False, # Leave a layer as it is when its pair would not have fewer parameters
         inplace:bool=False, # Rewrite and return the model given, without copying it first; weights nothing else holds lend their memory to the factors
         method:str='svd', # 'svd': weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
-        sequential:bool=False, # Calibrate each layer on the outputs of the layers decomposed before it (data-aware methods)
+        sequential:bool=False, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs)
+        cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
+        sensitivity:str='jacobian', # With `budget` and data, how layers' errors are weighed: 'jacobian', 'measured' or 'spectrum' (see the Sensitivity page)
         n_batches:int|None=None, # Calibrate on at most this many batches of `data`
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
     ):
@@ -225,12 +166,13 @@ class FC_Decomposer:
         elif rank is not None: check_rank(rank)
         if method not in ('svd', 'asvd', 'whiten'): raise ValueError(f"method must be 'svd', 'asvd' or 'whiten', got {method!r}")
         if sequential and method == 'svd': raise ValueError("sequential=True calibrates on data: choose method='asvd' or 'whiten'")
+        if sensitivity not in ('jacobian', 'measured', 'spectrum'): raise ValueError(f"sensitivity must be 'jacobian', 'measured' or 'spectrum', got {sensitivity!r}")
         if n_batches is not None: check_rank(n_batches, 'n_batches')
         for o,v in dict(layers=layers, exclude=exclude).items():
             if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
                 raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
         store_attr()
-        self.report,self.ranks,self.spectra = None,{},{}
+        self.report,self.ranks,self.spectra,self.weights = None,{},{},{}
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
@@ -248,27 +190,29 @@ def all_finite(t:Tensor, # Tensor checked
 
 def _check(name, lin):
     "Raise a `ValueError` naming the layer `name` if `lin` can't be factorised"
-    if isinstance(lin.weight, nn.parameter.UninitializedParameter):
+    ps = dict(lin.named_parameters())
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in ps.values()):
         raise ValueError(f"layer '{name}' is an uninitialised nn.LazyLinear: run a forward pass before decomposing")
-    for p in (lin.weight, lin.bias):
-        if p is not None and not all_finite(p):
-            raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {'weight' if p is lin.weight else 'bias'}")
+    for pn,p in ps.items():
+        if p.is_meta: raise ValueError(f"layer '{name}' has its {pn} on the meta device: its values are not loaded (a model built "
+                                       "on the meta device, or offloaded by accelerate); load the weights before decomposing")
+        if not all_finite(p): raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {pn}")
 
 @patch
 def _plan(self:FC_Decomposer, model:nn.Module)->list[dict]:
-    "One row per `nn.Linear` of `model`: its name, shape and why it is left as it is (`reason`), checked"
+    "One row per linear layer of `model`: its name, shape, current rank and why it is left as it is (`reason`), checked"
     blocks,rows = blocked(model),[]
     for lin,name in named_linears(model).items():
         reason = self._reason(model, name, lin, blocks)
         if reason is None: _check(name, lin)
-        m,n = lin.weight.shape
-        rows.append(dict(name=name, lin=lin, in_features=n, out_features=m, rank=None, reason=reason,
-                         params_before=linear_params(m, n, lin.bias is not None)))
+        m,n = features(lin)
+        rows.append(dict(name=name, lin=lin, in_features=n, out_features=m, rank=None, reason=reason, selected=reason is None,
+                         top=min(m, n, lin[0].out_features if is_pair(lin) else n), params_before=sum(p.numel() for p in lin.parameters())))
     for o in ('layers', 'rank'):
         pats = getattr(self, o)
         if not isinstance(pats, (list, tuple, dict)): continue
         for p in pats:
-            if not any(matches(p, model, r['name']) for r in rows): raise ValueError(f"{o} entry {p!r} matches no nn.Linear of the model")
+            if not any(matches(p, model, r['name']) for r in rows): raise ValueError(f"{o} entry {p!r} matches no linear layer of the model")
     return rows
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #40ca08ed
@@ -283,7 +227,8 @@ def _choose_ranks(self:FC_Decomposer, model, rows, factors):
     "Set each row's `rank` by the policy chosen, from its spectrum in `factors` where the policy needs one"
     if self.budget is not None:
         target = self.budget*sum(r['params_before'] for r in rows)
-        ks = allocate_budget([(factors[r['name']].s, r['out_features'], r['in_features']) for r in rows], int(target))
+        ks = allocate_budget([(factors[r['name']].s, r['out_features'], r['in_features']) for r in rows], int(target),
+                             [self.weights[r['name']] for r in rows] if self.weights else None)
     for i,r in enumerate(rows):
         m,n = r['out_features'],r['in_features']
         if self.budget is not None: k = ks[i]
@@ -292,7 +237,8 @@ def _choose_ranks(self:FC_Decomposer, model, rows, factors):
             k = self._explicit_rank(model, r['name'])
             if k > min(m, n): r['reason'],k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
         else: k = rank_from_ratio(m, n, self.rank_ratio)
-        if self.skip_unprofitable and factored_params(m, n, k) >= r['params_before']:
+        if is_pair(r['lin']) and k >= r['top']: r['reason'] = f"already at rank {r['top']}"
+        elif self.skip_unprofitable and factored_params(m, n, k) >= r['params_before']:
             r['reason'] = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r['params_before']:,}"
         else: r['rank'] = k
 
@@ -305,20 +251,23 @@ def _bar(self:FC_Decomposer, rows:list)->list:
     return progress_bar(rows, leave=False) if show and rows else rows
 
 @patch
-def _svd(self:FC_Decomposer, lin:nn.Linear, stats, k:int|None=None)->LowRankSVD:
-    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given), or in the basis its calibration `stats` give"
-    return LowRankSVD(lin.weight, k=k) if stats is None else data_svd(lin.weight, stats, self.method)
+def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None):
+    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give"
+    if isinstance(stats, PairStats): return CorrectedSVD(linear_weight(lin), stats)
+    if stats is not None: return data_svd(linear_weight(lin), stats, self.method)
+    return FactorSVD(lin[0].weight, lin[1].weight) if is_pair(lin) else LowRankSVD(linear_weight(lin), k=k)
 
-def _sole_weight(lin:nn.Linear)->bool:
-    "Whether `lin`'s weight can give its memory to a factor: float32, on the CPU, alone in its memory, and held by `lin` alone"
-    p,count = lin._parameters['weight'],getattr(torch._C, '_storage_Use_Count', None)
+def _sole_weight(lin:nn.Module)->bool:
+    "Whether `lin`'s weight can give its memory to a factor: a plain `nn.Linear` weight, float32, on the CPU, alone in its memory, and held by `lin` alone"
+    p,count = lin._parameters.get('weight') if isinstance(lin, nn.Linear) else None,getattr(torch._C, '_storage_Use_Count', None)
+    if p is None or count is None: return False
     s = p.untyped_storage()
-    return (count is not None and p.device.type == 'cpu' and p.dtype == torch.float32 and p.is_contiguous()
+    return (p.device.type == 'cpu' and p.dtype == torch.float32 and p.is_contiguous()
             and p.storage_offset() == 0 and s.nbytes() == p.numel()*p.element_size() and s.resizable()
-            and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin`, `p`, the call; users of the memory: `p`, `s`
+            and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin._parameters`, `p`, the call; users of the memory: `p`, `s`
 
 @patch
-def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr:LowRankSVD|None, stats)->nn.Module:
+def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
     "Replace the layer of row `r` in `res` by its rank-`r['rank']` pair, from `lr` or a new factorisation; returns the root"
     del r['lin']   # the row lets go of the original layer, so that it is freed once replaced
     k,old = r['rank'],res.get_submodule(r['name'])
@@ -326,14 +275,19 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr:LowRankSVD|None, stat
     lr = lr or self._svd(old, stats, k if reuse else None)
     a,b = lr.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
-    pair = low_rank_linear(a, b, old)
+    pair,note = low_rank_linear(a, b, old),dropped(old)
     r['energy_kept'],r['rel_error'] = truncation_error(lr.s, k)
     self.spectra[r['name']] = lr.s.cpu()
     r['params_after'] = factored_params(r['out_features'], r['in_features'], k)
-    if stats is not None:
-        r['rel_error'] = output_error(b, old.weight, stats, corrected=self.method == 'whiten')
+    if isinstance(lr, CorrectedSVD):
+        r['rel_error'] = lr.error(b)
+        with torch.no_grad(): pair[1].bias += lr.bias_shift(b).to(pair[1].bias)
+    elif stats is not None:
+        w = linear_weight(old)
+        r['rel_error'] = output_error(b, w, stats, corrected=self.method == 'whiten')
         if self.method == 'whiten':
-            with torch.no_grad(): pair[1].bias += mean_correction(b, old.weight, stats).to(pair[1].bias)
+            with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats).to(pair[1].bias)
+    if note: r['reason'] = note
     return swap_module(res, old, pair)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #2b9a0dd6
@@ -342,35 +296,65 @@ def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
     "Calibration statistics of the layers of `rows` on `data`, and their names in the order the model runs them"
     if self.method == 'svd' or not rows: return {},[]
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
-    stats,order = collect_stats(model, {r['name']:r['lin'] for r in rows}, data, self.n_batches)
+    spectral = self.energy_threshold is not None or self.budget is not None
+    n = 1 if self.sequential and not spectral else self.n_batches   # sequential calibration only needs the order from this pass
+    stats,order = collect_stats(model, {r['name']:r['lin'] for r in rows}, data, n)
     for r in rows:
-        if r['name'] not in order: raise ValueError(f"layer '{r['name']}' never ran on the calibration data: exclude it, or use method='svd'")
+        if r['name'] not in order and n == self.n_batches: raise ValueError(f"layer '{r['name']}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
+
+@patch
+def _sequential(self:FC_Decomposer,
+    orig:nn.Module, # The original model (never modified)
+    res:nn.Module, # The model being decomposed, in place
+    rows:list, # Rows of the layers to decompose, in the order the model runs them
+    data, # Calibration data
+)->nn.Module:
+    "Decompose the layers of `rows` in `res` block by block ([sequential calibration](sequential.html)), each on its inputs in the model decomposed so far"
+    by_name = {r['name']:r for r in rows}
+    def replace(res, names, stats):
+        for n in names: res = self._replace(res, by_name[n], None, stats[n])
+        return res
+    show = self.progress if self.progress is not None else len(rows) > 24
+    return sequential_walk(orig, res, list(by_name), data, replace, self.method == 'whiten', self.n_batches, self.cache_dtype, show)
+
+@patch
+def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
+    "`{name: sensitivity}` of the layers of `rows`, by `sensitivity` (empty for 'spectrum': each layer's error relative to its own)"
+    layers = {r['name']:r['lin'] for r in rows}
+    if self.sensitivity == 'jacobian': return jacobian_sensitivity(model, layers, data, self.n_batches)
+    if self.sensitivity == 'measured':
+        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None)
+    return {}
+
+def _held(lin:nn.Module)->list[Tensor]:
+    "The tensors `lin` holds: the copy of the model shares them rather than copy what is about to be replaced"
+    return [*lin.parameters(), *(t for t in vars(lin).values() if isinstance(t, Tensor))]   # a hook-set weight is a plain attribute
 
 @patch
 def decompose(self:FC_Decomposer,
     model:nn.Module, # Model to factorise: deep-copied and never modified, unless `inplace`
     data=None, # Calibration data for `method` 'asvd' or 'whiten': a fastai `DataLoaders`/`DataLoader`, a torch `DataLoader`, an iterable of batches, or a tensor
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
-    "Factorise the selected `nn.Linear` layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
+    "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
     rows,n_params = self._plan(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r['reason'] is None],{}
-    if not rows: warnings.warn(f"{type(model).__name__} has no nn.Linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
+    if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
     stats,order = self._calibrate(model, todo, data)
     spectral = self.energy_threshold is not None or self.budget is not None
     factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral else {}
+    self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, factors)
     todo = [r for r in todo if r['rank']]
-    if spectral: factors = {r['name']:factors[r['name']].keep(r['rank']) for r in todo}
-    res = model if self.inplace else copy.deepcopy(model, {id(p):p for r in todo for p in r['lin'].parameters()})
-    if self.sequential: todo.sort(key=lambda r: order.index(r['name']))
-    for i,r in enumerate(self._bar(todo)):
-        st,lr = stats.pop(r['name'], None),factors.pop(r['name'], None)
-        if self.sequential and i > 0: st,lr = collect_stats(res, {r['name']:res.get_submodule(r['name'])}, data, self.n_batches)[0][r['name']],None
-        res = self._replace(res, r, lr, st)
+    factors = {r['name']:factors[r['name']].keep(r['rank']) for r in todo} if spectral and not self.sequential else {}
+    orig = copy.deepcopy(model) if self.sequential and self.inplace else model   # the original stream runs on it
+    res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo for t in _held(r['lin'])})
+    if self.sequential: res = self._sequential(orig, res, sorted(todo, key=lambda r: order.index(r['name']) if r['name'] in order else len(order)), data)
+    else:
+        for r in self._bar(todo): res = self._replace(res, r, factors.pop(r['name'], None), stats.pop(r['name'], None))
     self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
     self.report = self._report(rows, n_params)
-    return keep_off_fast_path(res)
+    return keep_off_fast_path(record_ranks(res, self.ranks))
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #0ab86771
 @patch
@@ -379,11 +363,23 @@ def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
     for r in rows:
         for c,v in dict(params_after=r['params_before'], energy_kept=1.0, rel_error=0.0).items(): r.setdefault(c, v)
     df = DecompositionReport([{c:r[c] for c in cols} for r in rows], columns=cols).astype(dict(rank='Int64'))
+    if self.weights: df['sensitivity'] = [self.weights.get(r['name']) for r in rows]
     df.model_params = n_params
     if self.budget is not None:
-        sel = df[df.reason.fillna('').str.match('$|unprofitable')]
+        sel = df[[r['selected'] for r in rows]]
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
     return df
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #57ae95d2
+def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one has a `config`
+                 ranks:dict, # `{layer name: rank}` of the layers just factorised
+                )->nn.Module:
+    "Record `ranks` in a `transformers` model's config (`config.fasterai`, merged with any recorded before), so `save_pretrained` saves them"
+    cfg = getattr(model, 'config', None)
+    if not callable(getattr(cfg, 'to_json_string', None)): return model
+    old = (getattr(cfg, 'fasterai', None) or {}).get('ranks', {})
+    cfg.fasterai = dict(version=__version__, ranks={**old, **ranks})
+    return model
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ac676886
 @patch(cls_method=True)
@@ -396,14 +392,14 @@ def from_ranks(cls:FC_Decomposer,
     for name,k in ranks.items():
         try: lin = model.get_submodule(name)
         except AttributeError: raise ValueError(f"ranks names '{name}', which is not a module of the model") from None
-        if not isinstance(lin, nn.Linear): raise ValueError(f"ranks names '{name}', a {type(lin).__name__}, not an nn.Linear")
-        if check_rank(k, f"ranks[{name!r}]") > min(lin.weight.shape):
-            raise ValueError(f"ranks[{name!r}] = {k} is more than min(m, n) = {min(lin.weight.shape)}")
+        if not is_linear(lin): raise ValueError(f"ranks names '{name}', a {type(lin).__name__}, not a linear layer (nn.Linear, Conv1D or a pair)")
+        if check_rank(k, f"ranks[{name!r}]") > min(features(lin)):
+            raise ValueError(f"ranks[{name!r}] = {k} is more than min(m, n) = {min(features(lin))}")
     res = model if inplace else copy.deepcopy(model)
     for name,k in ranks.items():
         old = res.get_submodule(name)
         res = swap_module(res, old, linear_pair(old, k))
-    return keep_off_fast_path(res)
+    return keep_off_fast_path(record_ranks(res, ranks))
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #eaa9a07c
 @patch
@@ -428,5 +424,29 @@ def plot_spectrum(self:FC_Decomposer,
         ax.set_xlabel('rank')
         ax.set_ylabel('energy kept' if self.method == 'svd' else 'output variance kept')
     for ax in axs.flat[len(names):]: ax.axis('off')
+    fig.tight_layout()
+    return fig
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #78b4ef72
+@patch
+def plot_sensitivity(self:FC_Decomposer,
+    figsize:tuple=(11, 4), # Figure size
+):
+    "What `budget` spent: each layer's weighted error left at each rank, the rank chosen marked, and the fraction of rank kept; returns the figure"
+    import matplotlib.pyplot as plt
+    names = [n for n in self.weights if n in self.ranks]
+    if not names: raise ValueError("no sensitivity to plot: decompose with `budget`, data and sensitivity='jacobian' or 'measured' first")
+    fig,(a1,a2) = plt.subplots(1, 2, figsize=figsize)
+    for i,n in enumerate(names):
+        e = self.spectra[n].double().square()
+        left = ((e.sum() - e.cumsum(0))*self.weights[n]).clamp_min(1e-300*max(self.weights[n], 1e-300))
+        k = self.ranks[n]
+        a1.semilogy(range(1, len(e)+1), left.numpy(), color=f'C{i%10}', label=n)
+        a1.plot([k], [float(left[k-1])], 'o', color=f'C{i%10}')
+    a1.set(xlabel='rank', ylabel='sensitivity x output error left', title='cost of each rank (dot: the rank chosen)')
+    if len(names) <= 12: a1.legend(fontsize=7)
+    a2.barh(names, [self.ranks[n]/len(self.spectra[n]) for n in names])
+    a2.set(xlabel='fraction of the rank kept', title=f'budget {self.budget:.0%} of the parameters')
+    a2.invert_yaxis(); a2.tick_params(axis='y', labelsize=7)
     fig.tight_layout()
     return fig
