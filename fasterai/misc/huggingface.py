@@ -6,7 +6,6 @@
 from __future__ import annotations
 import contextlib, copy, json
 from pathlib import Path
-import torch
 from torch import nn
 from .fc_decomposer import FC_Decomposer
 

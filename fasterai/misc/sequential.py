@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/sequential.ipynb #c1358ea4
 from __future__ import annotations
-import copy, inspect
+import inspect
 import torch
 from fastai.torch_core import to_device
 from fastprogress.fastprogress import progress_bar
