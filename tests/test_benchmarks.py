@@ -6,7 +6,7 @@ bench = Path(__file__).parents[1]/'benchmarks'
 def run(script, *args): return subprocess.run([sys.executable, bench/script, '--quick', *args], capture_output=True, text=True, check=True).stdout
 def rows(out, title):
     "The rows of the table under the heading that contains `title`, split into cells"
-    part = out[out.index(title):].split('\n\n')[1]
+    part = next(p for p in out[out.index(title):].split('\n\n')[1:] if p.startswith('|'))   # the first table after it
     return [[c.strip() for c in l.strip('|').split('|')] for l in part.splitlines()[2:] if l.startswith('|')]
 
 def test_suite_quick():
