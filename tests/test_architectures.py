@@ -76,3 +76,14 @@ def test_bert_masked_lm():
     assert [type(l.attention.output.dense) for l in new.bert.encoder.layer] == [nn.Linear]*2
     assert new.cls.predictions.decoder.weight is new.bert.embeddings.word_embeddings.weight
     with torch.no_grad(): assert new(input_ids=ids).logits.shape == (2, 10, 100)
+
+def test_works_without_transformers():
+    "transformers is optional: with it unimportable, the library imports and decomposes"
+    import subprocess, sys
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import torch; from torch import nn\nfrom fasterai.misc.all import *\n"
+            "new = FC_Decomposer(0.5).decompose(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))\n"
+            "assert type(new[0]).__name__ == 'LowRankLinear' and 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]
