@@ -6,17 +6,18 @@
 __all__ = []
 
 # %% ../../nbs/misc/all.ipynb #ed695661
-from . import calibration, demo, fast_svd, fc_decomposer, huggingface, learner, sensitivity, sequential, surgery
+from . import calibration, demo, fast_svd, fc_decomposer, huggingface, learner, refinement, sensitivity, sequential, surgery
 from .calibration import *
 from .demo import *
 from .fast_svd import *
 from .fc_decomposer import *
 from .huggingface import *
 from .learner import *
+from .refinement import *
 from .sensitivity import *
 from .sequential import *
 from .surgery import *
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
 __all__ = [*calibration.__all__, *demo.__all__, *fast_svd.__all__, *fc_decomposer.__all__, *huggingface.__all__, *learner.__all__,
-           *sensitivity.__all__, *sequential.__all__, *surgery.__all__]
+           *refinement.__all__, *sensitivity.__all__, *sequential.__all__, *surgery.__all__]

@@ -35,6 +35,7 @@ def parser()->argparse.ArgumentParser:
     g.add_argument('--budget', type=float, help="fraction of the selected layers' parameters kept")
     d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), default='svd', help='data-aware methods need --calib')
     d.add_argument('--sequential', action='store_true', help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
+    d.add_argument('--refine', type=int, default=0, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
     d.add_argument('--calib', help="calibration data: a text file (.txt, one sample a line, read with the input directory's "
                    "tokenizer), or inputs saved with torch.save (a tensor or a list of batches)")
     d.add_argument('--max-length', type=int, default=128, help='tokens kept per text sample (default 128)')
@@ -140,9 +141,9 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     if not dst.parent.is_dir(): raise CLIError(f"{dst.parent}: no such directory")
     if a.method != 'svd' and not a.calib: raise CLIError(f"--method {a.method} calibrates on data: give it with --calib FILE")
     try: fc = FC_Decomposer(a.rank_ratio, a.energy, a.rank, a.budget, layers=a.layers, exclude=a.exclude, method=a.method,
-                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, n_batches=a.n_batches,
+                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, refine=a.refine, n_batches=a.n_batches,
                             inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
-    except ValueError as e: raise CLIError(str(e).replace('rank_ratio', '--rank-ratio').replace('energy_threshold', '--energy')) from None
+    except ValueError as e: raise CLIError(str(e).replace('rank_ratio', '--rank-ratio').replace('refine=', '--refine ').replace('set sequential=True', 'add --sequential').replace('energy_threshold', '--energy')) from None
     data = read_calib(Path(a.calib), src, a) if a.calib else None
     obj = read_model(src)
     model = obj.model if hasattr(obj, 'export') else obj

@@ -150,6 +150,7 @@ class FC_Decomposer:
         method:str='svd', # 'svd': weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
         sequential:bool=False, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs)
         cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
+        refine:int=0, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); 0: closed form only
         sensitivity:str='jacobian', # With `budget` and data, how layers' errors are weighed: 'jacobian', 'measured' or 'spectrum' (see the Sensitivity page)
         n_batches:int|None=None, # Calibrate on at most this many batches of `data`
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
@@ -166,13 +167,15 @@ class FC_Decomposer:
         elif rank is not None: check_rank(rank)
         if method not in ('svd', 'asvd', 'whiten'): raise ValueError(f"method must be 'svd', 'asvd' or 'whiten', got {method!r}")
         if sequential and method == 'svd': raise ValueError("sequential=True calibrates on data: choose method='asvd' or 'whiten'")
+        if not isinstance(refine, int) or refine < 0: raise ValueError(f"refine must be a number of epochs, an int >= 0, got {refine!r}")
+        if refine and not sequential: raise ValueError(f"refine={refine} refines block by block: set sequential=True")
         if sensitivity not in ('jacobian', 'measured', 'spectrum'): raise ValueError(f"sensitivity must be 'jacobian', 'measured' or 'spectrum', got {sensitivity!r}")
         if n_batches is not None: check_rank(n_batches, 'n_batches')
         for o,v in dict(layers=layers, exclude=exclude).items():
             if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
                 raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
         store_attr()
-        self.report,self.ranks,self.spectra,self.weights = None,{},{},{}
+        self.report,self.ranks,self.spectra,self.weights,self.refined = None,{},{},{},{}
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
@@ -316,7 +319,9 @@ def _sequential(self:FC_Decomposer,
         for n in names: res = self._replace(res, by_name[n], None, stats[n])
         return res
     show = self.progress if self.progress is not None else len(rows) > 24
-    return sequential_walk(orig, res, list(by_name), data, replace, self.method == 'whiten', self.n_batches, self.cache_dtype, show)
+    self.refined = {}
+    return sequential_walk(orig, res, list(by_name), data, replace, self.method == 'whiten', self.n_batches, self.cache_dtype, show,
+                           self.refine, self.refined)
 
 @patch
 def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
