@@ -10,8 +10,10 @@ sequential), before any fine-tuning.
 
     python benchmarks/data_aware.py            # both (about 10 minutes on 2 cores)
     python benchmarks/data_aware.py --quick    # fewer sentences, ratios and epochs: what CI runs
+    python benchmarks/data_aware.py --save benchmarks/results/data_aware.json   # what the benchmarks page plots
 """
-import argparse, importlib, inspect, random, re, sys, time
+import argparse, importlib, inspect, json, random, re, sys, time
+from pathlib import Path
 import torch
 from torch import nn
 from fasterai.misc.all import *
@@ -52,9 +54,10 @@ def minilm(ratios, n_sents, quick=False):
     print(f"## all-MiniLM-L6-v2: 12 feed-forward layers, {len(calib)} calibration docstrings, {len(held)} held-out ones\n")
     print("Calibration batches of 32 (the attention mask keeps padding out of the statistics): sentences of the same length "
           "together, or in random order padded to the longest of each batch.\n")
-    print("`budget` rows spend the parameters of the uniform rank_ratio above them, by each layer's sensitivity (`sensitivity='jacobian'`).\n")
+    print("`budget` rows spend the parameters of the uniform rank_ratio above them, by each layer's sensitivity (`sensitivity='jacobian'`); "
+          "`_seq`: `sequential=True`; `_refine`: `refine=4`, four epochs of block refinement.\n")
     print("| rank_ratio | method | calibration batches | parameters | mean cosine similarity | nearest neighbour kept | time (s) |\n|---|---|---|---|---|---|---|")
-    layers,res = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{}
+    layers,res,rows = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{},[]
     def run(r, name, kind, **opts):
         t = time.perf_counter()
         fc = FC_Decomposer(layers=layers, progress=False, **opts)
@@ -65,19 +68,22 @@ def minilm(ratios, n_sents, quick=False):
         finally: st[0].model = orig
         cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
         res[r, name] = res[r, name, kind] = cos
+        rows.append(dict(rank_ratio=r, method=name, batches=kind, params=sum(p.numel() for p in new.parameters()), cos=cos, nn=agree, seconds=t))
         print(f"| {r} | {name} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
         return fc
     for r in ratios:
-        for name,opts in METHODS.items():
+        for name,opts in {**METHODS, 'whiten_seq_refine': dict(method='whiten', sequential=True, refine=4)}.items():
             for kind in batchings:
                 if name == 'svd' and res.get((r, name)): continue   # no data: one row
-                if quick and name != 'whiten' and kind != 'random order, padded': continue   # whiten alone compares the two
+                if name != 'whiten' and kind != 'random order, padded': continue   # whiten alone compares the two
                 fc = run(r, name, kind, rank_ratio=r, **opts)
                 if name == 'whiten': sel = fc.report[fc.report['rank'].notna()]
         frac = float(sel.params_after.sum()/sel.params_before.sum())
-        for name,opts in list(dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True)).items())[:1 if quick else 2]:
+        budgets = dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True),
+                       budget_seq_refine=dict(method='whiten', sequential=True, refine=4))
+        for name,opts in list(budgets.items())[:1 if quick else 3]:
             run(r, name, 'random order, padded', budget=frac, **opts)
-    return res
+    return res,rows
 
 def digits(ratios, epochs, seeds):
     from fastai.learner import Learner
@@ -99,12 +105,15 @@ def digits(ratios, epochs, seeds):
     for _,o in df.iterrows(): print(f"| {o.ratio} | {o.method} | {int(o.params):,} | {o.accuracy:.3f} | {o.fine_tuned:.3f} |")
     return df
 
-def main(quick=False):
-    cos = minilm((0.5,) if quick else (0.5, 0.25), 64 if quick else 1024, quick)
+def main(quick=False, save=None):
+    cos,rows = minilm((0.5,) if quick else (0.5, 0.25, 0.1), 64 if quick else 1024, quick)
     df = digits((0.1,) if quick else (0.5, 0.25, 0.1, 0.02), 1, (0,) if quick else (0, 1, 2))
+    if save: Path(save).write_text(json.dumps(dict(minilm=rows, digits=df.to_dict('records')), indent=1))
     return cos,df
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='small configuration (a minute)')
-    main(ap.parse_args().quick)
+    ap.add_argument('--save', help='also write the results to this JSON file (the benchmarks page plots benchmarks/results/data_aware.json)')
+    a = ap.parse_args()
+    main(a.quick, a.save)

@@ -35,3 +35,16 @@ def test_sequential_quick():
     r = rows(out, '# Sequential calibration')
     assert [x[0] for x in r] == ['2', '4'] and [x[1] for x in r] == ['14', '28'], out
     assert all(float(x[2]) > 0 and float(x[3]) > 0 for x in r), out
+
+def test_causal_lm_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))   # trains its tiny model here, as on a fresh machine
+    out = run('causal_lm.py')
+    ppl = {r[0]:[float(x) for x in r[1:-1]] for r in rows(out, '# Causal LM')}
+    assert list(ppl) == ['original', 'svd', 'asvd', 'whiten', 'whiten sequential', 'budget (jacobian)', 'budget sequential',
+                         'sequential + refine', 'budget sequential + refine'], out
+    base = ppl.pop('original')[0]
+    assert 1 < base < 512, out   # trained: far below the vocabulary's uniform guess
+    assert all(base < p < 1e4 for ps in ppl.values() for p in ps), out   # every decomposition costs some perplexity, none breaks the model
+    assert ppl['svd'] == sorted(ppl['svd']), out   # fewer parameters, higher perplexity
+    assert all(w <= s for w,s in zip(ppl['whiten'], ppl['svd'])), out   # the data helps at every size
+    assert (tmp_path/'causal_lm').exists()
