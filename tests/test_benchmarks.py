@@ -3,7 +3,11 @@ import re, subprocess, sys
 from pathlib import Path
 
 bench = Path(__file__).parents[1]/'benchmarks'
-def run(script, *args): return subprocess.run([sys.executable, bench/script, '--quick', *args], capture_output=True, text=True, check=True).stdout
+def run(script, *args):
+    "What `script --quick` prints; its error output in the failure when it fails"
+    r = subprocess.run([sys.executable, bench/script, '--quick', *args], capture_output=True, text=True)
+    assert r.returncode == 0, f"{script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
 def rows(out, title):
     "The rows of the table under the heading that contains `title`, split into cells"
     part = next(p for p in out[out.index(title):].split('\n\n')[1:] if p.startswith('|'))   # the first table after it
