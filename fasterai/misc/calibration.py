@@ -231,9 +231,10 @@ class PairStats:
         "`(a L⁻ᵀ, a (C_ss + δI)⁻¹)` for `LLᵀ = C_ss + δI`, with `L` computed once for the layers that share the source"
         src,c = self.source,self.cov_s
         if src._root is None or src._root[0] != d:
-            l,info = torch.linalg.cholesky_ex(c + d*torch.eye(len(c), dtype=c.dtype, device=c.device))
-            if info:   # rounding left C_ss + δI indefinite: the eigendecomposition, its eigenvalues clamped at δ
-                lam,q = eigh_upper(c + d*torch.eye(len(c), dtype=c.dtype, device=c.device))
+            c = c.clone(); c.diagonal().add_(d)   # C_ss + δI
+            l,info = torch.linalg.cholesky_ex(c)
+            if info:   # rounding left it indefinite: the eigendecomposition, its eigenvalues clamped at δ
+                lam,q = eigh_upper(c)
                 l = (q/lam.clamp_min(d).sqrt()).to(c.device)   # here L⁻ᵀ itself
             src._root = d,l,not info
         _,l,chol = src._root
@@ -253,8 +254,9 @@ class CorrectedSVD:
         damp = max(len(self.c_ss)/(2*st.rows), 1e-6) if damp is None else damp
         d = damp*float(self.c_ss.diagonal().clamp_min(0).mean()) or damp
         w = w.detach().to(self.c_ss)
-        p = torch.eye(len(self.c_ss), dtype=w.dtype, device=w.device) if st.outputs else w   # what the ridge pulls the map towards: the layer as it was
-        z,self.m_star = st.whiten(self.c_ys + d*p, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
+        if st.outputs: a = self.c_ys.clone(); a.diagonal().add_(d)   # C_ys + δP: the ridge pulls the map towards the layer as it was
+        else: a = self.c_ys.add(w, alpha=d)
+        z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
         self.lr = LowRankSVD(z, self.m_star @ w if st.outputs else self.m_star)
         self.s,self.stats = self.lr.s,st
 

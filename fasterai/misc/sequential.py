@@ -10,6 +10,7 @@ from fastai.torch_core import to_device
 from fastprogress.fastprogress import progress_bar
 from torch import nn, Tensor
 from .calibration import LayerStats, PairStats, calibration_batches, padding_mask
+from .fast_svd import trim_heap
 from .surgery import linear_bias
 
 # %% auto #0
@@ -211,6 +212,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                 run = call(res.get_submodule(b), streams[1])
                 for g in groups: res = group(res, g, ys, run)
                 streams,at = [[_to(advance(o, out), cache_dtype) for o,out in zip(streams[0], outs)],step(res.get_submodule(b), streams[1])],i+1
+                del ys,outs; trim_heap()   # what the block left free goes back to the OS
     finally:
         for m,t in modes.items(): m.training = t
     return res
