@@ -127,16 +127,17 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
                   layers:dict, # `{name: linear layer}` of `model` to calibrate
                   data, # Calibration data, as `calibration_batches` takes it
                   n_batches:int|None=None, # Use at most this many batches
+                  moments:bool=True, # Sum the moments; `False`: only find the order (the statistics are then `{}`)
                  )->tuple[dict, list]:
     "`{name: LayerStats}` of `layers` over the calibration batches, and their names in the order the model first ran them"
-    stats,order,names = {n:LayerStats(l) for n,l in layers.items()},[],{}
+    stats,order,names = {n:LayerStats(l) for n,l in layers.items()} if moments else {},[],{}
     for n,l in layers.items(): names.setdefault(l, []).append(n)
     keep = None   # the current batch's attention mask, as booleans
     def hook(lin, args, out):
         x,y = args[0],out
         if keep is not None and x.shape[:-1] == keep.shape: x,y = x[keep],y[keep]   # rows that line up with the mask
         for n in names[lin]:
-            stats[n].update(x, y, linear_bias(lin))
+            if moments: stats[n].update(x, y, linear_bias(lin))
             if n not in order: order.append(n)
     p = next(model.parameters(), None)
     device,modes = (p.device if p is not None else None),{m:m.training for m in model.modules()}
@@ -159,14 +160,27 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
 
 # %% ../../nbs/misc/calibration.ipynb #bdf731f7
 class PairStats:
-    "Streaming float64 moments of what a layer computed on the original inputs (`y`) and of what it will see (`s`): the inputs of the decomposed model, or the layer's responses to them"
+    "Streaming moments of what a layer computed on the original inputs (`y`) and of what it will see (`s`): the inputs of the decomposed model, or the layer's responses to them"
     max_inputs = 16384 # Above this many inputs (and more inputs than outputs), `s` is taken on the output side
-    def __init__(self, lin:nn.Module): # The linear layer (`is_linear`) whose activations are summed
-        (self.m,self.n),w = features(lin),weight_param(lin)
+    def __init__(self,
+        lin:nn.Module, # The linear layer (`is_linear`) whose activations are summed
+        source:PairStats|None=None, # The statistics of a layer reading the same inputs: their moments of them are shared, and summed by `source` alone
+    ):
+        self.m,self.n = features(lin)
         self.outputs = self.n > max(self.m, self.max_inputs) # Whether `s` is the layer's (pre-bias) response to the new inputs
-        d,kw = self.m if self.outputs else self.n,dict(dtype=torch.float64, device=w.device)
-        self.rows,self.finite,self.sq_y = 0,True,0.
-        self.sum_y,self.sum_s,self.ys,self.ss = torch.zeros(self.m, **kw),torch.zeros(d, **kw),torch.zeros(self.m, d, **kw),torch.zeros(d, d, **kw)
+        if source is not None and (self.outputs or source.outputs or source.n != self.n):
+            raise ValueError("only layers with the same inputs, both on the input side, share their moments")
+        self.source,self.rows,self.sq_y,self.off_y,self.off_s,self.ys = source or self,0,0.,None,None,None
+        self._cov = self._root = None   # the source's covariance and its square root, once computed
+
+    def _source(self, x:Tensor, s:Tensor|None)->Tensor:
+        "This batch's rows of the source, less its offset (the first batch's mean)"
+        s = (s if self.outputs else x).detach().reshape(-1, self.m if self.outputs else self.n)
+        s = s.to(torch.promote_types(s.dtype, torch.float32))
+        if self.off_s is None:
+            self.off_s,kw = s.mean(0),dict(dtype=torch.float64, device=s.device)
+            self.sum_s,self.ss = torch.zeros(len(self.off_s), **kw),torch.zeros(len(self.off_s), len(self.off_s), **kw)
+        return s - self.off_s
 
     def update(self,
                y:Tensor, # The original layer's outputs on the original inputs, (..., m), bias included
@@ -175,20 +189,58 @@ class PairStats:
                bias:Tensor|None, # Its bias, taken off the outputs
               ):
         "Add a batch of rows: what the layer computed originally, and its inputs (and outputs) in the decomposed model"
-        b = 0 if bias is None else bias.detach().double()
-        y = y.detach().reshape(-1, self.m).double() - b
-        s = (s.detach().reshape(-1, self.m).double() - b) if self.outputs else x.detach().reshape(-1, self.n).double()
-        if not (torch.isfinite(y).all() and torch.isfinite(s).all()): self.finite = False; return
-        self.rows += len(y)
-        self.sum_y += y.sum(0); self.sum_s += s.sum(0); self.sq_y += float(y.square().sum())
-        self.ys.addmm_(y.T, s); self.ss.addmm_(s.T, s)
+        src,y = self.source,y.detach().reshape(-1, self.m)
+        y = y.to(torch.promote_types(y.dtype, torch.float32))   # products in float32 (or better), sums in float64
+        if self.off_y is None:
+            self.off_y,kw = y.mean(0),dict(dtype=torch.float64, device=y.device)
+            self.bias,self.sum_y = torch.zeros(self.m, **kw) if bias is None else bias.detach().to(**kw),torch.zeros(self.m, **kw)
+        y,s = y - self.off_y,src._source(x, s)
+        if src is self: src.sum_s += s.sum(0); src.ss += s.T @ s; src._cov = src._root = None
+        if self.ys is None: self.ys = torch.zeros(self.m, s.shape[1], dtype=torch.float64, device=s.device)
+        self.ys += y.T @ s
+        self.rows += len(y); self.sum_y += y.sum(0); self.sq_y += float(y.square().sum())
 
     @property
-    def mean_y(self)->Tensor: "Mean pre-bias output of the original layer"; return self.sum_y/self.rows
+    def finite(self)->bool:
+        "Whether every moment is finite (no NaN or Inf in the activations, nor from them)"
+        src = self.source
+        return self.ys is None or (math.isfinite(self.sq_y) and all(bool(torch.isfinite(t).all()) for t in (self.sum_y, self.ys, src.sum_s, src.ss)))
     @property
-    def mean_s(self)->Tensor: "Mean of the source"; return self.sum_s/self.rows
+    def mean_y(self)->Tensor: "Mean pre-bias output of the original layer"; return self.off_y.double() + self.sum_y/self.rows - self.bias
     @property
-    def total(self)->float: "Variance of the original outputs around their mean, summed over outputs"; return self.sq_y/self.rows - float(self.mean_y.square().sum())
+    def mean_s(self)->Tensor:
+        "Mean of the source"
+        src = self.source
+        return src.off_s.double() + src.sum_s/src.rows - (self.bias if self.outputs else 0)
+    @property
+    def total(self)->float: "Variance of the original outputs around their mean, summed over outputs"; return self.sq_y/self.rows - float((self.sum_y/self.rows).square().sum())
+    @property
+    def cov_ys(self)->Tensor: "Cross-covariance of the original outputs and the source, `m` x `d`"; return self.ys/self.rows - torch.outer(self.sum_y/self.rows, self.source.sum_s/self.source.rows)
+    @property
+    def cov_s(self)->Tensor:
+        "Covariance of the source, `d` x `d`: computed once for the layers that share it (not to be modified)"
+        src = self.source
+        if src._cov is None:
+            c = src.ss/src.rows - torch.outer(src.sum_s, src.sum_s)/src.rows**2
+            src._cov = (c + c.T)/2
+        return src._cov
+
+    def whiten(self, a:Tensor, # `m` x `d`
+               d:float, # The ridge `δ`
+              )->tuple[Tensor, Tensor]:
+        "`(a L⁻ᵀ, a (C_ss + δI)⁻¹)` for `LLᵀ = C_ss + δI`, with `L` computed once for the layers that share the source"
+        src,c = self.source,self.cov_s
+        if src._root is None or src._root[0] != d:
+            c = c.clone(); c.diagonal().add_(d)   # C_ss + δI
+            l,info = torch.linalg.cholesky_ex(c)
+            if info:   # rounding left it indefinite: the eigendecomposition, its eigenvalues clamped at δ
+                lam,q = eigh_upper(c)
+                l = (q/lam.clamp_min(d).sqrt()).to(c.device)   # here L⁻ᵀ itself
+            src._root = d,l,not info
+        _,l,chol = src._root
+        if not chol: return (z := a @ l),z @ l.T
+        z = torch.linalg.solve_triangular(l.T, a, upper=True, left=False)
+        return z,torch.linalg.solve_triangular(l, z, upper=False, left=False)
 
 # %% ../../nbs/misc/calibration.ipynb #b6e8212c
 class CorrectedSVD:
@@ -198,17 +250,14 @@ class CorrectedSVD:
         stats:PairStats, # Its statistics on the two streams
         damp:float|None=None, # Ridge relative to the mean variance of the source (default: `d / 2N` for `N` rows of `d` features, at least 1e-6)
     ):
-        st,ms = stats,stats.mean_s
-        c_ss = st.ss/st.rows - torch.outer(ms, ms)
-        self.c_ys = st.ys/st.rows - torch.outer(st.mean_y, ms)
-        damp = max(len(c_ss)/(2*st.rows), 1e-6) if damp is None else damp
-        d,eye = damp*float(c_ss.diagonal().clamp_min(0).mean()) or damp,torch.eye(len(c_ss), dtype=c_ss.dtype, device=c_ss.device)
-        p = eye if st.outputs else w.detach().to(c_ss)   # what the ridge pulls the map towards: the layer as it was
-        self.c_ss = (c_ss + c_ss.T)/2
-        lam,q = eigh_upper(self.c_ss + d*eye)   # LAPACK's divide and conquer, on the CPU
-        t,lam = (self.c_ys + d*p) @ q,lam.clamp_min(d)
-        self.m_star = (t/lam) @ q.T   # (C_ys + δP)(C_ss + δI)^-1
-        self.lr = LowRankSVD(t/lam.sqrt(), self.m_star @ w.detach().to(c_ss) if st.outputs else self.m_star)
+        st,self.c_ss,self.c_ys = stats,stats.cov_s,stats.cov_ys
+        damp = max(len(self.c_ss)/(2*st.rows), 1e-6) if damp is None else damp
+        d = damp*float(self.c_ss.diagonal().clamp_min(0).mean()) or damp
+        w = w.detach().to(self.c_ss)
+        if st.outputs: a = self.c_ys.clone(); a.diagonal().add_(d)   # C_ys + δP: the ridge pulls the map towards the layer as it was
+        else: a = self.c_ys.add(w, alpha=d)
+        z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
+        self.lr = LowRankSVD(z, self.m_star @ w if st.outputs else self.m_star)
         self.s,self.stats = self.lr.s,st
 
     def keep(self, k:int, # Largest rank `factors` will be asked for

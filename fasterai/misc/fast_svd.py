@@ -11,7 +11,7 @@ from torch import Tensor
 from scipy.linalg import blas
 
 # %% auto #0
-__all__ = ['gram', 'fill_lower', 'eigh_upper', 'free_pages', 'product_into', 'truncate', 'LowRankSVD', 'FactorSVD']
+__all__ = ['gram', 'fill_lower', 'eigh_upper', 'free_pages', 'trim_heap', 'product_into', 'truncate', 'LowRankSVD', 'FactorSVD']
 
 # %% ../../nbs/misc/fast_svd.ipynb #b6652ae7
 def gram(w:Tensor, # An `m` x `n` matrix
@@ -71,6 +71,11 @@ def free_pages(t:Tensor, # A tensor whose values beyond byte `start` are no long
     s,pg = t.untyped_storage(),mmap.PAGESIZE
     lo,hi = -(-(s.data_ptr()+start)//pg)*pg,(s.data_ptr()+s.nbytes())//pg*pg   # whole pages inside the tensor's own bytes
     if hi > lo: _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi-lo), 4)   # 4: MADV_DONTNEED
+
+def trim_heap():
+    "Hand the free pages of the C heap back to the OS (glibc's `malloc_trim`; elsewhere nothing is done)"
+    trim = getattr(_libc(), 'malloc_trim', None) if sys.platform.startswith('linux') else None
+    if trim is not None: trim(0)
 
 def product_into(w:Tensor, # Contiguous `m` x `n` matrix alone in its memory, which is reused: `w` must not be used after
                  left:Tensor|None=None, # `k` x `m`, for `left @ w`

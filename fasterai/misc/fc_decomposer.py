@@ -301,7 +301,7 @@ def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
     spectral = self.energy_threshold is not None or self.budget is not None
     n = 1 if self.sequential and not spectral else self.n_batches   # sequential calibration only needs the order from this pass
-    stats,order = collect_stats(model, {r['name']:r['lin'] for r in rows}, data, n)
+    stats,order = collect_stats(model, {r['name']:r['lin'] for r in rows}, data, n, moments=spectral or not self.sequential)
     for r in rows:
         if r['name'] not in order and n == self.n_batches: raise ValueError(f"layer '{r['name']}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
@@ -352,6 +352,7 @@ def decompose(self:FC_Decomposer,
     self._choose_ranks(model, todo, factors)
     todo = [r for r in todo if r['rank']]
     factors = {r['name']:factors[r['name']].keep(r['rank']) for r in todo} if spectral and not self.sequential else {}
+    if self.sequential: stats.clear()   # the walk sums its own, a block at a time: these would be held to the end
     orig = copy.deepcopy(model) if self.sequential and self.inplace else model   # the original stream runs on it
     res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo for t in _held(r['lin'])})
     if self.sequential: res = self._sequential(orig, res, sorted(todo, key=lambda r: order.index(r['name']) if r['name'] in order else len(order)), data)

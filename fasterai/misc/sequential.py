@@ -10,6 +10,7 @@ from fastai.torch_core import to_device
 from fastprogress.fastprogress import progress_bar
 from torch import nn, Tensor
 from .calibration import LayerStats, PairStats, calibration_batches, padding_mask
+from .fast_svd import trim_heap
 from .refinement import refine
 from .surgery import linear_bias
 
@@ -109,7 +110,8 @@ def record(layers:dict, # `{name: layer}` of the original model whose outputs ar
     def on(m, x, y):
         for n in names[m]:
             if n not in keys: keys[n] = x.data_ptr(),x.shape,x.stride(); held.append(x)   # held: no later input reuses its memory
-            ys[n].append(_rows(y, keep).to(dtype or y.dtype))
+            r = _rows(y, keep)
+            ys[n].append(r.to(dtype or y.dtype, copy=r is y))   # a copy: what runs after may change `y` in place
     tap = Tap(names, on, stop)
     try:
         for i,keep in enumerate(keeps): outs.append(tap.run(lambda: run(i)))
@@ -124,17 +126,21 @@ def stream_stats(layers:dict, # `{name: layer}` of the model being decomposed, c
                  keeps:list, # The attention mask of each batch, or `None`
                  ys:dict|None=None, # What the original layers computed (`record`): `PairStats`; `None`: `LayerStats` of the new stream alone
                 )->dict:
-    "`{name: PairStats}` (or `LayerStats`) of `layers` on the new stream, over the calibration batches"
-    stats,by = {n:(LayerStats if ys is None else PairStats)(l) for n,l in layers.items()},{}
+    "`{name: PairStats}` (or `LayerStats`) of `layers` on the new stream, over the calibration batches; layers reading the same tensor share their `PairStats` moments of it"
+    stats,by,owner = {n:(LayerStats if ys is None else PairStats)(l) for n,l in layers.items()},{},{}
     for n,l in layers.items(): by.setdefault(l, []).append(n)
-    i,keep = 0,None
+    i,keep,seen = 0,None,{}   # seen: {input: (the first layer that read it in this batch, the input)}
     def on(m, x, y):
+        key = x.data_ptr(),x.shape,x.stride()
         for n in by[m]:
-            if ys is None: stats[n].update(_rows(x, keep), _rows(y, keep), linear_bias(m))
-            else: stats[n].update(ys[n][i], _rows(x, keep), _rows(y, keep), linear_bias(m))
+            if ys is None: stats[n].update(_rows(x, keep), _rows(y, keep), linear_bias(m)); continue
+            o = seen.setdefault(key, (n, x))[0]   # `x` held: no later input of this batch reuses its memory
+            if i == 0 and o != n and not (stats[n].outputs or stats[o].outputs): stats[n],owner[n] = PairStats(m, stats[o]),o
+            if owner.get(n, o) != o: raise RuntimeError(f"layer '{n}' no longer reads what '{owner[n]}' reads")
+            stats[n].update(ys[n][i], _rows(x, keep), _rows(y, keep), linear_bias(m))
     tap = Tap(by, on)
     try:
-        for i,keep in enumerate(keeps): tap.run(lambda: run(i))
+        for i,keep in enumerate(keeps): seen.clear(); tap.run(lambda: run(i))
     finally: tap.remove()
     for n,s in stats.items():
         if not s.finite: raise ValueError(f"layer '{n}' has non-finite (NaN or Inf) activations on the calibration data")
@@ -215,6 +221,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     r = refine([p for n in ns for p in res.get_submodule(n).parameters()], err, len(batches), refine_epochs)
                     if refined is not None: refined[b] = r
                 streams,at = [[_to(advance(o, out), cache_dtype) for o,out in zip(streams[0], outs)],step(res.get_submodule(b), streams[1])],i+1
+                del ys,outs; trim_heap()   # what the block left free goes back to the OS
     finally:
         for m,t in modes.items(): m.training = t
     return res
