@@ -42,8 +42,7 @@ def minilm(ratios, n_sents, quick=False):
     layers,res,rows = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{},[]
     def run(r, name, kind, **opts):
         t = time.perf_counter()
-        fc = FC_Decomposer(layers=layers, progress=False, **opts)
-        new = fc.decompose(orig, batchings[kind])
+        new = FC_Decomposer(layers=layers, progress=False, **opts).decompose(orig, batchings[kind])
         t = time.perf_counter() - t
         st[0].model = new
         try: e = encode()
@@ -52,32 +51,30 @@ def minilm(ratios, n_sents, quick=False):
         res[r, name] = res[r, name, kind] = cos
         rows.append(dict(rank_ratio=r, method=name, batches=kind, params=sum(p.numel() for p in new.parameters()), cos=cos, nn=agree, seconds=t))
         print(f"| {r} | {name} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
-        return fc
     for r in ratios:
         for name,opts in {**METHODS, 'whiten_seq_refine': dict(method='whiten', sequential=True, refine=4)}.items():
             for kind in batchings:
                 if name == 'svd' and res.get((r, name)): continue   # no data: one row
                 if kind != 'random order, padded' and (name != 'whiten' or not quick): continue   # --quick compares the two, with whiten
-                fc = run(r, name, kind, rank_ratio=r, **opts)
-                if name == 'whiten': sel = fc.report[fc.report['rank'].notna()]
-        frac = float(sel.params_after.sum()/sel.params_before.sum())
+                run(r, name, kind, rank_ratio=r, **opts)
+        frac = kept(orig, r, layers=layers)
         budgets = dict(budget=dict(method='whiten'), budget_seq_refine=dict(method='whiten', sequential=True, refine=4))
         for name,opts in list(budgets.items())[:1 if quick else 2]:
             run(r, name, 'random order, padded', budget=frac, **opts)
-    return res,rows
+    return rows
 
 def digits(ratios, epochs, seeds):
     from fastai.learner import Learner
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
     print(f"\n## Digits (scikit-learn's bundled `load_digits`), VGG-style network, output layer kept; "
-          f"fine-tuned {epochs} epoch(s); {len(seeds)} seed(s)\n")
+          f"fine-tuned {epochs} epoch(s); {len(seeds)} seed(s); `budget`: whitening, the parameters of the uniform ranks above it spent by sensitivity\n")
     res = []
     for seed in seeds:
         set_seed(seed, reproducible=True)   # fastai shuffles with Python's `random`
         learn = Learner(digits_dls(seed=seed), digits_net(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 3e-3)
-        df = compare(learn, ratios, epochs=epochs, exclude=['classifier.6'])
+        df = compare(learn, ratios, epochs=epochs, budget=True, exclude=['classifier.6'])
         df['seed'] = seed
         res.append(df)
     import pandas as pd
@@ -86,16 +83,19 @@ def digits(ratios, epochs, seeds):
     for _,o in df.iterrows(): print(f"| {o.ratio} | {o.method} | {int(o.params):,} | {o.accuracy:.3f} | {o.fine_tuned:.3f} |")
     return df
 
-def main(quick=False, save=None):
-    cos,rows = minilm((0.5,) if quick else (0.5, 0.25, 0.1), 64 if quick else 1024, quick)
-    if save: Path(save).write_text(json.dumps(dict(minilm=rows), indent=1))   # kept if the digits part is cut short
-    df = digits((0.1,) if quick else (0.5, 0.25, 0.1, 0.02), 1, (0,) if quick else (0, 1, 2))
-    if save: Path(save).write_text(json.dumps(dict(minilm=rows, digits=df.to_dict('records')), indent=1))
-    return cos,df
+def main(quick=False, save=None, parts=('minilm', 'digits')):
+    res = json.loads(Path(save).read_text()) if save and Path(save).exists() else {}   # a part not rerun keeps its results
+    def keep(**kw):
+        res.update(kw)
+        if save: Path(save).write_text(json.dumps(res, indent=1))
+    if 'minilm' in parts: keep(minilm=minilm((0.5,) if quick else (0.5, 0.25, 0.1), 64 if quick else 1024, quick))
+    if 'digits' in parts: keep(digits=digits((0.1,) if quick else (0.5, 0.25, 0.1, 0.02), 1, (0,) if quick else (0, 1, 2)).to_dict('records'))
+    return res
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='small configuration (a minute)')
     ap.add_argument('--save', help='also write the results to this JSON file (the benchmarks page plots benchmarks/results/data_aware.json)')
+    ap.add_argument('--only', choices=['minilm', 'digits'], help='run one part (with --save, the other part\'s results are kept)')
     a = ap.parse_args()
-    main(a.quick, a.save)
+    main(a.quick, a.save, [a.only] if a.only else ('minilm', 'digits'))

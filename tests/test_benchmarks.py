@@ -33,12 +33,13 @@ def test_data_aware_quick():
     assert cos["budget", "random order, padded"] >= cos["whiten", "random order, padded"] - 0.01, out   # same parameters, spent by sensitivity
     acc = {r[1]:float(r[3]) for r in rows(out, '## Digits')}
     assert acc['original'] > 0.9 and max(acc['asvd'], acc['whiten'], acc['whiten_seq']) >= acc['svd'], out
+    assert acc['budget'] >= acc['whiten'] - 0.01, out   # the digits' parameters spent by sensitivity
 
 def test_sequential_quick():
     out = run('sequential.py')
     r = rows(out, '# Sequential calibration')
     assert [x[0] for x in r] == ['2', '4'] and [x[1] for x in r] == ['14', '28'], out
-    assert all(float(x[2]) > 0 and float(x[3]) > 0 for x in r), out
+    assert all(float(x[2]) > 0 and float(x[3]) > 0 and float(x[5]) > 0 for x in r), out   # times, and the size of what the result adds
 
 def test_causal_lm_quick(tmp_path, monkeypatch):
     monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))   # trains its tiny model here, as on a fresh machine

@@ -18,7 +18,7 @@ from .fc_decomposer import FC_Decomposer
 from torch import nn
 
 # %% auto #0
-__all__ = ['METHODS', 'digits_dls', 'digits_net', 'latency_ms', 'compare', 'stdlib_modules', 'docstrings']
+__all__ = ['METHODS', 'digits_dls', 'digits_net', 'latency_ms', 'kept', 'compare', 'stdlib_modules', 'docstrings']
 
 # %% ../../nbs/misc/demo.ipynb #6140f745
 def digits_dls(bs:int=64, # Batch size of the training set
@@ -60,12 +60,23 @@ def latency_ms(model:nn.Module, # Model timed (put in eval mode)
 METHODS = dict(svd=dict(method='svd'), asvd=dict(method='asvd'), whiten=dict(method='whiten'),
                whiten_seq=dict(method='whiten', sequential=True)) # The `FC_Decomposer` options each name stands for
 
+def kept(model:nn.Module, # Model (not modified)
+         rank_ratio:float, # Uniform rank ratio
+         **kwargs, # Layer selection passed to `FC_Decomposer`, e.g. `exclude`
+        )->float:
+    "The fraction of the selected layers' parameters that `rank_ratio` keeps: the `budget` that spends as much"
+    fc = FC_Decomposer(rank_ratio, progress=False, **kwargs)
+    fc.decompose(model)
+    sel = fc.report[fc.report['rank'].notna()]
+    return float(sel.params_after.sum()/sel.params_before.sum())
+
 @delegates(FC_Decomposer, but=['rank_ratio', 'energy_threshold', 'rank', 'budget', 'method', 'sequential', 'inplace', 'progress'])
 def compare(learn:Learner, # A trained Learner, whose `model` is left as it is
             ratios=(0.5, 0.25, 0.1), # Rank ratios tried
             methods=tuple(METHODS), # Names of `METHODS` tried
             epochs:int=1, # Fine-tuning epochs (`fit_one_cycle`) after each decomposition; 0 for none
             lr:float=1e-3, # Fine-tuning learning rate
+            budget:bool=False, # Also a 'budget' row per ratio that cuts parameters: whitening, with the parameters uniform ranks keep there spent by sensitivity
             log=None, # Called with a line of text as each model is done (e.g. `print`)
             **kwargs, # Passed to `FC_Decomposer`, e.g. `exclude` or `n_batches`
            )->pd.DataFrame:
@@ -79,8 +90,11 @@ def compare(learn:Learner, # A trained Learner, whose `model` is left as it is
     base = acc(learn.model)
     rows = [dict(ratio=1.0, method='original', params=n_params(learn.model), accuracy=base, fine_tuned=base, ms=latency_ms(copy.deepcopy(learn.model), xb))]
     for r in ratios:
-        for name in methods:
-            new = FC_Decomposer(r, progress=False, **METHODS[name], **kwargs).decompose(learn.model, learn.dls.train)
+        for name in [*methods, *['budget']*budget]:
+            frac = kept(learn.model, r, **kwargs) if name == 'budget' else None
+            if frac is not None and frac >= 1: continue   # the uniform ranks remove nothing: no smaller budget to spend
+            opts = dict(budget=frac, method='whiten') if name == 'budget' else dict(rank_ratio=r, **METHODS[name])
+            new = FC_Decomposer(progress=False, **opts, **kwargs).decompose(learn.model, learn.dls.train)
             row = dict(ratio=r, method=name, params=n_params(new), accuracy=acc(new), ms=latency_ms(new, xb), fine_tuned=None)
             if epochs:
                 ft = learner(new)
