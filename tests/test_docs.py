@@ -123,6 +123,7 @@ def test_images_load(crawl):
     # the figures the pages explain, rendered from the notebooks' stored outputs
     assert len(crawl['misc/fc_decomposer.html']['images']) >= 2   # plot_spectrum, plot_sensitivity
     assert len(crawl['tutorials/misc/sentence_encoder.html']['images']) >= 2   # plot_sensitivity, quality against parameters
+    assert len(crawl['benchmarks.html']['images']) >= 2   # quality against parameters: the causal LM's, MiniLM's
 
 def test_sentence_encoder_tutorial(crawl):
     tut = crawl['tutorials/misc/sentence_encoder.html']['text']
