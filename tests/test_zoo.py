@@ -182,3 +182,24 @@ def test_half_rank_trains(name):
             assert torch.isfinite(p.grad).all(), f"{n}.{pn} has a non-finite gradient"
     new.eval()
     check_untouched(name)
+
+@pytest.mark.parametrize('name', [n for n,s in ZOO.items() if s.source == 'transformers'])
+def test_sequential_replay_changes_nothing(name, monkeypatch):
+    """Sequential calibration serves, within a block, what earlier passes computed (`Replay`): the result is what
+    running every pass in full gives, on every `transformers` architecture of the zoo, and something was served"""
+    from fasterai.misc.sequential import Replay, find_blocks
+    s,(model,_,_) = ZOO[name],original(name)
+    data = [s.example(seed)[1] for seed in (1, 2)]   # two batches of keyword arguments: each is served its own outputs
+    fc = lambda: FC_Decomposer(0.5, method='whiten', sequential=True, progress=False)
+    assert find_blocks(model, [r['name'] for r in fc()._plan(model) if r['reason'] is None]), "no blocks: nothing would be served"
+    kept,close = [],Replay.close
+    def count(self): kept.append(len(self.kept)); close(self)
+    monkeypatch.setattr(Replay, 'close', count)
+    served = fc().decompose(model, data)
+    assert sum(kept) > 0, "nothing was served: the test would check nothing"
+    monkeypatch.setattr(Replay, 'watch', lambda self, *a, **kw: None)   # every pass in full
+    full = fc().decompose(model, data)
+    args,kwargs = s.example(3)
+    with torch.no_grad(): a,b = s.outputs(full.eval(), args, kwargs),s.outputs(served.eval(), args, kwargs)
+    for x,y in zip(a, b): torch.testing.assert_close(y, x, atol=1e-5*float(x.abs().max()), rtol=1e-5)
+    check_untouched(name)

@@ -15,7 +15,7 @@ from .refinement import refine
 from .surgery import linear_bias
 
 # %% auto #0
-__all__ = ['find_blocks', 'block_of', 'Stop', 'Tap', 'catch_inputs', 'hidden', 'advance', 'record', 'stream_stats',
+__all__ = ['find_blocks', 'block_of', 'Stop', 'Tap', 'Replay', 'catch_inputs', 'hidden', 'advance', 'record', 'stream_stats',
            'sequential_walk']
 
 # %% ../../nbs/misc/sequential.ipynb #c7e36943
@@ -41,14 +41,16 @@ def block_of(name:str, # A layer's name
 class Stop(Exception): "Raised by a `Tap` to end a forward pass once the layers it watches have run"
 
 class Tap:
-    "Forward hooks on `modules` calling `fn(module, input, output)`; `run` ends the pass once every module has run, if `stop`"
+    "Hooks on `modules` calling `fn(module, input, output)`; `run` ends the pass once every module has run (with `before`: is about to), if `stop`"
     def __init__(self,
         modules:list[nn.Module], # Modules watched
         fn, # Called as `fn(module, input, output)` at each of their calls
         stop:bool=True, # End the pass once every module has run
+        before:bool=False, # Call `fn` before each module runs, with `None` for the output: the last one is then never computed
     ):
         self.modules,self.fn,self.stop,self.left = list(modules),fn,stop,set()
-        self.handles = [m.register_forward_hook(self._hook) for m in self.modules]
+        pre = lambda m,args: self._hook(m, args, None)
+        self.handles = [m.register_forward_pre_hook(pre) if before else m.register_forward_hook(self._hook) for m in self.modules]
     def _hook(self, m, args, out):
         self.fn(m, args[0], out)
         self.left.discard(m)
@@ -62,6 +64,66 @@ class Tap:
     def remove(self):
         "Remove the hooks"
         for h in self.handles: h.remove()
+
+# %% ../../nbs/misc/sequential.ipynb #b3f1a9e4
+def _tensors(o)->list|None:
+    "The tensors `o` holds, when it is a tensor, or a plain tuple or list of tensors and `None`; else `None`"
+    if isinstance(o, Tensor): return [o]
+    if type(o) in (tuple, list) and all(t is None or isinstance(t, Tensor) for t in o): return [t for t in o if t is not None]
+
+def _copy(o): return o.clone() if isinstance(o, Tensor) else type(o)(None if t is None else t.clone() for t in o)
+
+class Replay:
+    "Runs a block on the new stream, serving each module that holds no layer still to decompose the output it gave in an earlier pass over the same batch"
+    def __init__(self,
+        block:nn.Module, # The block run
+        run, # `run(i)` runs calibration batch `i` through `block`
+        limits:list[int], # The most elements a kept output may have, for each batch
+    ):
+        self.block,self.run,self.limits = block,run,limits
+        self.kept,self.saved,self.hooks,self.calls,self.i,self.open = {},{},[],{},None,False   # kept: {module: {batch: [its output at each call]}}
+
+    def watch(self,
+              group:list[nn.Module]|None, # Layers the next passes calibrate: nothing is kept once one of them starts (`None`: nothing at all)
+              pending:list[nn.Module]=(), # Layers still to decompose: a module holding one is never kept
+             ):
+        "Serve, from now on, what was kept; keep, in the next passes, the outputs of the modules holding none of `pending`"
+        for h in self.hooks: h.remove()
+        self.hooks = []
+        for m in self.kept:
+            if m not in self.saved: self.saved[m] = m.__dict__.get('forward'); m.forward = self._server(m, m.forward)
+        if group is None: return
+        busy = set(map(id, pending))
+        free = [m for m in self.block.modules() if m is not self.block and m not in self.kept and not any(id(s) in busy for s in m.modules())]
+        self.hooks = [m.register_forward_hook(self._keep) for m in free] + [m.register_forward_pre_hook(self._shut) for m in group]
+
+    def _shut(self, m, args): self.open = False
+    def _keep(self, m, args, out):
+        ts = _tensors(out) if self.open else None
+        if ts is None or sum(t.numel() for t in ts) > self.limits[self.i]: return
+        for d in m.modules():   # what `m` holds is no longer called on this batch
+            if d is not m and d in self.kept: self.kept[d].pop(self.i, None)
+        self.kept.setdefault(m, {}).setdefault(self.i, []).append(_copy(out))   # a copy: what runs after may change `out` in place
+    def _server(self, m, f):
+        def forward(*args, **kwargs):
+            outs,j = self.kept[m].get(self.i, ()),self.calls.get(m, 0)
+            self.calls[m] = j + 1
+            return _copy(outs[j]) if j < len(outs) else f(*args, **kwargs)
+        return forward
+
+    def __call__(self, i:int, # The batch
+                ):
+        "Run batch `i` through the block"
+        self.i,self.calls,self.open = i,{},True
+        return self.run(i)
+    def close(self):
+        "Remove the hooks, serve nothing more and free what was kept"
+        for h in self.hooks: h.remove()
+        for m,f in self.saved.items():
+            if f is None: del m.forward
+            else: m.forward = f
+        self.kept,self.saved,self.hooks = {},{},[]
+
 
 # %% ../../nbs/misc/sequential.ipynb #09aa6ee6
 def catch_inputs(model:nn.Module, # Model run
@@ -94,9 +156,9 @@ def advance(inp:tuple, # `(args, kwargs)` a block was called with
     return ((h, *args[1:]), kwargs) if args else ((), {**kwargs, 'hidden_states':h})
 
 # %% ../../nbs/misc/sequential.ipynb #b9f19fdf
-def _rows(t:Tensor, keep:Tensor|None)->Tensor:
+def _rows(t:Tensor|None, keep:Tensor|None)->Tensor|None:
     "The rows of `t` at the real (unpadded) positions, when they line up with the mask `keep`"
-    return t[keep] if keep is not None and t.shape[:-1] == keep.shape else t
+    return t[keep] if t is not None and keep is not None and t.shape[:-1] == keep.shape else t
 
 def record(layers:dict, # `{name: layer}` of the original model whose outputs are recorded
            run, # `run(i)` runs calibration batch `i` through the original unit
@@ -138,7 +200,7 @@ def stream_stats(layers:dict, # `{name: layer}` of the model being decomposed, c
             if i == 0 and o != n and not (stats[n].outputs or stats[o].outputs): stats[n],owner[n] = PairStats(m, stats[o]),o
             if owner.get(n, o) != o: raise RuntimeError(f"layer '{n}' no longer reads what '{owner[n]}' reads")
             stats[n].update(ys[n][i], _rows(x, keep), _rows(y, keep), linear_bias(m))
-    tap = Tap(by, on)
+    tap = Tap(by, on, before=ys is not None and not any(s.outputs for s in stats.values()))   # outputs unused: never computed
     try:
         for i,keep in enumerate(keeps): seen.clear(); tap.run(lambda: run(i))
     finally: tap.remove()
@@ -188,7 +250,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
         else: units.append((b, [n]))
     whole = lambda m: lambda i: m(*batches[i][0], **batches[i][1])
     call = lambda blk,s: lambda i: blk(*_to(s[i], dtype)[0], **s[i][1])
-    step = lambda blk,s: [_to(advance(o, call(blk, s)(i)), cache_dtype) for i,o in enumerate(s)]   # the stream `s` through `blk`
+    step = lambda run,s: [_to(advance(o, run(i)), cache_dtype) for i,o in enumerate(s)]   # the stream `s` on, by `run`
     def group(res, ns, ys, run):
         stats = stream_stats({n:res.get_submodule(n) for n in ns}, run, keeps, ys if paired else None)
         return replace(res, ns, stats)
@@ -211,16 +273,25 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     streams = [[_to(o, cache_dtype) for o in catch_inputs(m, m.get_submodule(b), batches)] for m in (orig, res)]
                 else:
                     for j in range(at, i):   # pass both streams on through the blocks in between
-                        streams = [step(m.get_submodule(blocks[j]), s) for m,s in zip((orig, res), streams)]
+                        streams = [step(call(m.get_submodule(blocks[j]), s), s) for m,s in zip((orig, res), streams)]
                 ys,groups,outs = record({n:orig.get_submodule(n) for n in ns}, call(orig.get_submodule(b), streams[0]), keeps, cache_dtype, stop=False)
-                run = call(res.get_submodule(b), streams[1])
-                for g in groups: res = group(res, g, ys, run)
+                blk = res.get_submodule(b)
+                run = call(blk, streams[1])
+                rp = Replay(blk, run, [hidden(o).numel() for o in streams[1]])
+                try:
+                    for j,g in enumerate(groups):
+                        rp.watch([res.get_submodule(n) for n in g], [res.get_submodule(n) for h in groups[j:] for n in h])
+                        res = group(res, g, ys, rp)
+                    rp.watch(None)
+                    if not refine_epochs: new = step(rp, streams[1])
+                finally: rp.close()   # refinement moves the factors: what was kept would be stale
                 if refine_epochs:   # the block's new factors fitted together to its original outputs
                     tgt = [_rows(hidden(advance(o, out)), k) for o,out,k in zip(streams[0], outs, keeps)]
                     err = lambda i: (_rows(hidden(advance(streams[1][i], run(i))), keeps[i]) - tgt[i]).float().square().mean()
                     r = refine([p for n in ns for p in res.get_submodule(n).parameters()], err, len(batches), refine_epochs)
                     if refined is not None: refined[b] = r
-                streams,at = [[_to(advance(o, out), cache_dtype) for o,out in zip(streams[0], outs)],step(res.get_submodule(b), streams[1])],i+1
+                    new = step(run, streams[1])
+                streams,at = [[_to(advance(o, out), cache_dtype) for o,out in zip(streams[0], outs)],new],i+1
                 del ys,outs; trim_heap()   # what the block left free goes back to the OS
     finally:
         for m,t in modes.items(): m.training = t
