@@ -99,8 +99,9 @@ class Replay:
 
     def _shut(self, m, args): self.open = False
     def _keep(self, m, args, out):
+        j = self.calls[m] = self.calls.get(m, 0) + 1   # this is `m`'s call `j` in the pass: kept only if the ones before it were
         ts = _tensors(out) if self.open else None
-        if ts is None or sum(t.numel() for t in ts) > self.limits[self.i]: return
+        if ts is None or sum(t.numel() for t in ts) > self.limits[self.i] or len(self.kept.get(m, {}).get(self.i, ())) != j-1: return
         for d in m.modules():   # what `m` holds is no longer called on this batch
             if d is not m and d in self.kept: self.kept[d].pop(self.i, None)
         self.kept.setdefault(m, {}).setdefault(self.i, []).append(_copy(out))   # a copy: what runs after may change `out` in place
