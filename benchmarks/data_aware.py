@@ -42,15 +42,18 @@ def minilm(ratios, n_sents, quick=False, only=None):
     layers,res,rows = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{},[]
     def run(r, name, kind, **opts):
         t = time.perf_counter()
-        new = FC_Decomposer(layers=layers, progress=False, **opts).decompose(orig, batchings[kind])
+        fc = FC_Decomposer(layers=layers, progress=False, **opts)
+        new = fc.decompose(orig, batchings[kind])
         t = time.perf_counter() - t
         st[0].model = new
         try: e = encode()
         finally: st[0].model = orig
         cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
         res[r, name] = res[r, name, kind] = cos
-        rows.append(dict(rank_ratio=r, method=name, batches=kind, params=sum(p.numel() for p in new.parameters()), cos=cos, nn=agree, seconds=t))
-        print(f"| {r} | {name} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
+        kept = f" (kept: {min(fc.check, key=fc.check.get)})" if fc.check else ''   # budget under sequential: which ranks its check kept
+        rows.append(dict(rank_ratio=r, method=name, batches=kind, params=sum(p.numel() for p in new.parameters()), cos=cos, nn=agree, seconds=t,
+                         **(dict(check=fc.check) if fc.check else {})))
+        print(f"| {r} | {name}{kept} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
     for r in ratios:
         for name,opts in {**METHODS, 'whiten_seq_refine': dict(method='whiten', sequential=True, refine=4)}.items():
             if only and name not in only: continue

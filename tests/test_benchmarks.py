@@ -52,4 +52,6 @@ def test_causal_lm_quick(tmp_path, monkeypatch):
     assert all(base < p < 1e4 for ps in ppl.values() for p in ps), out   # every decomposition costs some perplexity, none breaks the model
     assert ppl['svd'] == sorted(ppl['svd']), out   # fewer parameters, higher perplexity
     assert all(w <= s for w,s in zip(ppl['whiten'], ppl['svd'])), out   # the data helps at every size
+    assert all(b <= 1.01*u for b,u in zip(ppl['budget sequential'], ppl['whiten sequential'])), out   # its check keeps the better of its allocation and uniform ranks, on the calibration data
+    assert re.search(r"^budget sequential: the check kept the (allocation|even)( / (allocation|even)){3} ranks$", out, re.M), out
     assert (tmp_path/'causal_lm').exists()

@@ -12,7 +12,7 @@ from fastprogress.fastprogress import progress_bar
 from .. import __version__
 from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
 from .fast_svd import FactorSVD, LowRankSVD
-from .sensitivity import jacobian_sensitivity, measured_sensitivity
+from .sensitivity import jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
 from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
     linear_weight, low_rank_linear, named_linears, swap_module)
@@ -20,8 +20,8 @@ from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', 'rank_from_ratio', 'rank_from_energy',
-           'truncation_error', 'allocate_budget', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite',
-           'record_ranks']
+           'truncation_error', 'allocate_budget', 'even_ranks', 'matches', 'DecompositionReport', 'FC_Decomposer',
+           'all_finite', 'record_ranks']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
 def linear_params(m:int, # Output features
@@ -100,6 +100,20 @@ def allocate_budget(spectra:list, # (singular values, m, n) of each layer
         if m+n <= left and j == ks[i]: ks[i],left = j+1,left-(m+n)
     return ks
 
+# %% ../../nbs/misc/fc_decomposer.ipynb #b3f8d1e6
+def even_ranks(shapes:list, # (m, n, parameters now) of each layer
+               n_params:int, # Parameters the layers may have in total after decomposition
+              )->list[int]:
+    "Ranks that cut every layer's parameters by the same fraction, within `n_params` in total (every layer keeps at least rank 1)"
+    frac = n_params/sum(p for *_,p in shapes)
+    ks = [max(1, int(round((frac*p - m)/(m+n), 6))) for m,n,p in shapes]
+    left = n_params - sum(factored_params(m, n, k) for (m,n,_),k in zip(shapes, ks))
+    for i in sorted(range(len(ks)), key=lambda i: factored_params(*shapes[i][:2], ks[i])/shapes[i][2]):
+        m,n,_ = shapes[i]
+        if m+n <= left: ks[i],left = ks[i]+1,left-(m+n)
+    return ks
+
+
 # %% ../../nbs/misc/fc_decomposer.ipynb #f7e1340c
 def matches(entry, # A module name, a glob, or a module class
             model:nn.Module, # The model
@@ -114,7 +128,7 @@ def matches(entry, # A module name, a glob, or a module class
 # %% ../../nbs/misc/fc_decomposer.ipynb #f329ac43
 class DecompositionReport(pd.DataFrame):
     "Per-layer report of a decomposition, shown with its totals"
-    _metadata = ['model_params', 'budget']
+    _metadata = ['model_params', 'budget', 'check']
     def __init__(self, # A signature the docs can read (pandas' has unresolvable annotations)
                  *args, # Passed to `pd.DataFrame`
                  **kwargs, # Passed to `pd.DataFrame`
@@ -130,6 +144,8 @@ class DecompositionReport(pd.DataFrame):
         mb,bud = getattr(self, 'model_params', None),getattr(self, 'budget', None)
         if mb is not None: res += f"; model: {mb:,} -> {mb-b+a:,} ({pct(mb, mb-b+a)})"
         if bud is not None: res += f"\nbudget {bud[0]:.1%} of the selected layers' parameters: achieved {bud[1]:.2%}"
+        chk = getattr(self, 'check', None)
+        if chk: res += f" with the {min(chk, key=chk.get)} ranks (output distortion: {', '.join(f'{k} {v:.4g}' for k,v in chk.items())})"
         return res
 
     def __repr__(self): return f"{super().__repr__()}\n{self.totals()}"
@@ -175,7 +191,7 @@ class FC_Decomposer:
             if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
                 raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
         store_attr()
-        self.report,self.ranks,self.spectra,self.weights,self.refined = None,{},{},{},{}
+        self.report,self.ranks,self.spectra,self.weights,self.refined,self.check = None,{},{},{},{},{}
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
@@ -272,7 +288,7 @@ def _sole_weight(lin:nn.Module)->bool:
 @patch
 def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
     "Replace the layer of row `r` in `res` by its rank-`r['rank']` pair, from `lr` or a new factorisation; returns the root"
-    del r['lin']   # the row lets go of the original layer, so that it is freed once replaced
+    r.pop('lin', None)   # the row lets go of the original layer, so that it is freed once replaced
     k,old = r['rank'],res.get_submodule(r['name'])
     reuse = self.inplace and lr is None and stats is None and _sole_weight(old)
     lr = lr or self._svd(old, stats, k if reuse else None)
@@ -312,6 +328,7 @@ def _sequential(self:FC_Decomposer,
     res:nn.Module, # The model being decomposed, in place
     rows:list, # Rows of the layers to decompose, in the order the model runs them
     data, # Calibration data
+    refine:int|None=None, # Epochs of block refinement (`None`: `refine`'s)
 )->nn.Module:
     "Decompose the layers of `rows` in `res` block by block ([sequential calibration](sequential.html)), each on its inputs in the model decomposed so far"
     by_name = {r['name']:r for r in rows}
@@ -321,7 +338,39 @@ def _sequential(self:FC_Decomposer,
     show = self.progress if self.progress is not None else len(rows) > 24
     self.refined = {}
     return sequential_walk(orig, res, list(by_name), data, replace, self.method == 'whiten', self.n_batches, self.cache_dtype, show,
-                           self.refine, self.refined)
+                           self.refine if refine is None else refine, self.refined)
+
+@patch
+def _checked_walk(self:FC_Decomposer,
+    orig:nn.Module, # The original model (never modified)
+    res:nn.Module, # The model being decomposed, in place
+    rows:list, # Rows of the layers to decompose, in the order the model runs them, with the allocation's ranks
+    data, # Calibration data
+)->nn.Module:
+    "`budget` under `sequential`: walk with the allocation's ranks, then with `even_ranks` of the same parameters; keep the model whose output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)); with `refine`, refine the one kept"
+    shapes = [(r['out_features'], r['in_features'], r['params_before']) for r in rows]
+    spent = sum(factored_params(m, n, r['rank']) for (m,n,_),r in zip(shapes, rows))
+    for r in rows: r.pop('lin', None)   # the layers are read from `res`, and put back from `orig`
+    def walk(res, ks, refine, fresh):
+        if fresh:   # the original layers back, sharing `orig`'s tensors
+            for r in rows:
+                lin = orig.get_submodule(r['name'])
+                res = swap_module(res, res.get_submodule(r['name']), copy.deepcopy(lin, {id(t):t for t in _held(lin)}))
+        self.spectra,walked = {},[{**r, 'rank':k} for r,k in zip(rows, ks)]
+        return self._sequential(orig, res, walked, data, refine),walked
+    runs = {}
+    for how,ks in (('allocation', [r['rank'] for r in rows]), ('even', even_ranks(shapes, spent))):
+        if runs and ks == runs['allocation'][1]: break   # the same ranks: the same model
+        res,walked = walk(res, ks, 0, bool(runs))
+        runs[how] = (output_distortion(res, orig, data, self.n_batches), ks, walked, {r['name']:res.get_submodule(r['name']) for r in rows},
+                     self.spectra)
+    self.check = {how:v[0] for how,v in runs.items()}
+    _,ks,walked,layers,self.spectra = runs[min(runs, key=self.check.get)]
+    if self.refine: res,walked = walk(res, ks, self.refine, True)   # the ranks chosen in closed form
+    else:
+        for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
+    for r,w in zip(rows, walked): r.clear(); r.update(w)
+    return res
 
 @patch
 def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
@@ -355,7 +404,10 @@ def decompose(self:FC_Decomposer,
     if self.sequential: stats.clear()   # the walk sums its own, a block at a time: these would be held to the end
     orig = copy.deepcopy(model) if self.sequential and self.inplace else model   # the original stream runs on it
     res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo for t in _held(r['lin'])})
-    if self.sequential: res = self._sequential(orig, res, sorted(todo, key=lambda r: order.index(r['name']) if r['name'] in order else len(order)), data)
+    self.check = {}
+    if self.sequential:
+        todo = sorted(todo, key=lambda r: order.index(r['name']) if r['name'] in order else len(order))
+        res = (self._checked_walk if self.budget is not None else self._sequential)(orig, res, todo, data)
     else:
         for r in self._bar(todo): res = self._replace(res, r, factors.pop(r['name'], None), stats.pop(r['name'], None))
     self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
@@ -374,6 +426,7 @@ def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
     if self.budget is not None:
         sel = df[[r['selected'] for r in rows]]
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
+    if self.check: df.check = self.check
     return df
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #57ae95d2

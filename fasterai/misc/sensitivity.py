@@ -12,7 +12,7 @@ from .sequential import _rows
 from .surgery import linear_weight, low_rank_linear, swap_module
 
 # %% auto #0
-__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity']
+__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion']
 
 # %% ../../nbs/misc/sensitivity.ipynb #d3bad309
 def model_output(out, # What a model returned: a tensor, a tuple, a dict or a `transformers` `ModelOutput`
@@ -26,6 +26,13 @@ def model_output(out, # What a model returned: a tensor, a tuple, a dict or a `t
 def _batches(model, data, n_batches):
     p = next(model.parameters(), None)
     return [to_device(b, p.device if p is not None else None) for b in calibration_batches(data, n_batches)]
+
+def _distortion(out, # What a model returned
+                ref:Tensor, # The reference main output
+                keep:Tensor|None, # The batch's attention mask, or `None`
+               )->float:
+    "Squared distance of the main output of `out` from `ref`, summed over the real (unpadded) rows"
+    return float(_rows(model_output(out) - ref, keep).double().square().sum())
 
 def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                          layers:dict, # `{name: layer}` of `model`
@@ -88,9 +95,28 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                 swap_module(model, l, pair)
                 try:
                     dist = 0.
-                    for (a,kw),r,keep in zip(batches, ref, keeps): dist += float((model_output(model(*a, **kw)) - r).double().square().sum())
+                    for (a,kw),r,keep in zip(batches, ref, keeps): dist += _distortion(model(*a, **kw), r, keep)
                 finally: swap_module(model, pair, l); h.remove()
                 res[n] = dist/max(float(lr.s[k:].double().square().sum())*rows[0], 1e-300)
     finally:
         for m,t in modes.items(): m.training = t
     return res
+
+# %% ../../nbs/misc/sensitivity.ipynb #c2e5a8f0
+def output_distortion(model:nn.Module, # Model measured (not modified)
+                      ref:nn.Module, # Model it is compared with (not modified): the original
+                      data, # Calibration data, as `calibration_batches` takes it
+                      n_batches:int|None=None, # Use at most this many batches
+                     )->float:
+    "Mean squared distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps)"
+    dist,rows,modes = 0.,0,{m:m.training for m in [*model.modules(), *ref.modules()]}
+    try:
+        model.eval(); ref.eval()
+        with torch.no_grad():
+            for a,kw in _batches(model, data, n_batches):
+                r,keep = model_output(ref(*a, **kw)),padding_mask(kw)
+                dist += _distortion(model(*a, **kw), r, keep); rows += _rows(r, keep).numel()//max(r.shape[-1], 1)
+    finally:
+        for m,t in modes.items(): m.training = t
+    return dist/max(rows, 1)
+
