@@ -14,7 +14,7 @@ from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
-           'padding_mask', 'collect_stats', 'PairStats', 'CorrectedSVD']
+           'padding_mask', 'collect_stats', 'add_gram', 'PairStats', 'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -158,10 +158,20 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
     if not order: raise ValueError("the calibration data gave no batch that ran through the layers: it is empty, or they are not used")
     return stats,order
 
+# %% ../../nbs/misc/calibration.ipynb #ad9a1c3e
+def add_gram(g:Tensor, # `n` x `n` sum the products are added to
+             x:Tensor, # Rows, `N` x `n`
+             block:int=256, # Columns of each product
+            )->Tensor:
+    "Add `xᵀx` to `g` in place, only its blocks on and above the diagonal (about half the products: the lower triangle is left out); returns `g`"
+    for i in range(0, x.shape[1], block): g[i:i+block, i:] += x[:, i:i+block].T @ x[:, i:]
+    return g
+
 # %% ../../nbs/misc/calibration.ipynb #bdf731f7
 class PairStats:
     "Streaming moments of what a layer computed on the original inputs (`y`) and of what it will see (`s`): the inputs of the decomposed model, or the layer's responses to them"
     max_inputs = 16384 # Above this many inputs (and more inputs than outputs), `s` is taken on the output side
+    chunk = 4096 # Rows gathered before their products are taken: fewer, larger products
     def __init__(self,
         lin:nn.Module, # The linear layer (`is_linear`) whose activations are summed
         source:PairStats|None=None, # The statistics of a layer reading the same inputs: their moments of them are shared, and summed by `source` alone
@@ -170,8 +180,13 @@ class PairStats:
         self.outputs = self.n > max(self.m, self.max_inputs) # Whether `s` is the layer's (pre-bias) response to the new inputs
         if source is not None and (self.outputs or source.outputs or source.n != self.n):
             raise ValueError("only layers with the same inputs, both on the input side, share their moments")
-        self.source,self.rows,self.sq_y,self.off_y,self.off_s,self.ys = source or self,0,0.,None,None,None
+        self.shared,self.rows,self.sq_y,self.off_y,self.off_s,self.ys,self.held = source,0,0.,None,None,None,[]
         self._cov = self._root = None   # the source's covariance and its square root, once computed
+
+    @property
+    def source(self)->PairStats:
+        "The statistics that sum the moments of the source: the shared ones, or `self` (not held as an attribute: a cycle would outlive the walk's block)"
+        return self.shared or self
 
     def _source(self, x:Tensor, s:Tensor|None)->Tensor:
         "This batch's rows of the source, less its offset (the first batch's mean)"
@@ -195,15 +210,26 @@ class PairStats:
             self.off_y,kw = y.mean(0),dict(dtype=torch.float64, device=y.device)
             self.bias,self.sum_y = torch.zeros(self.m, **kw) if bias is None else bias.detach().to(**kw),torch.zeros(self.m, **kw)
         y,s = y - self.off_y,src._source(x, s)
-        if src is self: src.sum_s += s.sum(0); src.ss += s.T @ s; src._cov = src._root = None
+        if src is self: src.sum_s += s.sum(0)
+        self.held.append((y, s))   # new tensors, not views: what runs after cannot change them
+        self.rows += len(y); self.sum_y += y.sum(0); self.sq_y += float(y.square().sum())
+        if sum(len(t) for t,_ in self.held) >= self.chunk: self.flush()
+
+    def flush(self):
+        "Take the products of the rows gathered since the last flush: `ys`, and the source's `ss` (its upper triangle); returns `self`"
+        if not self.held: return self
+        y,s = (torch.cat(t) for t in zip(*self.held))
+        self.held = []
         if self.ys is None: self.ys = torch.zeros(self.m, s.shape[1], dtype=torch.float64, device=s.device)
         self.ys += y.T @ s
-        self.rows += len(y); self.sum_y += y.sum(0); self.sq_y += float(y.square().sum())
+        if self.source is self: add_gram(self.ss, s); self._cov = self._root = None
+        return self
 
     @property
     def finite(self)->bool:
         "Whether every moment is finite (no NaN or Inf in the activations, nor from them)"
         src = self.source
+        self.flush(); src.flush()
         return self.ys is None or (math.isfinite(self.sq_y) and all(bool(torch.isfinite(t).all()) for t in (self.sum_y, self.ys, src.sum_s, src.ss)))
     @property
     def mean_y(self)->Tensor: "Mean pre-bias output of the original layer"; return self.off_y.double() + self.sum_y/self.rows - self.bias
@@ -215,14 +241,14 @@ class PairStats:
     @property
     def total(self)->float: "Variance of the original outputs around their mean, summed over outputs"; return self.sq_y/self.rows - float((self.sum_y/self.rows).square().sum())
     @property
-    def cov_ys(self)->Tensor: "Cross-covariance of the original outputs and the source, `m` x `d`"; return self.ys/self.rows - torch.outer(self.sum_y/self.rows, self.source.sum_s/self.source.rows)
+    def cov_ys(self)->Tensor: "Cross-covariance of the original outputs and the source, `m` x `d`"; return self.flush().ys/self.rows - torch.outer(self.sum_y/self.rows, self.source.sum_s/self.source.rows)
     @property
     def cov_s(self)->Tensor:
         "Covariance of the source, `d` x `d`: computed once for the layers that share it (not to be modified)"
-        src = self.source
+        src = self.source.flush()
         if src._cov is None:
             c = src.ss/src.rows - torch.outer(src.sum_s, src.sum_s)/src.rows**2
-            src._cov = (c + c.T)/2
+            src._cov = c.triu() + c.triu(1).T   # `ss` holds the upper triangle
         return src._cov
 
     def whiten(self, a:Tensor, # `m` x `d`
