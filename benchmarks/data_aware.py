@@ -50,7 +50,7 @@ def minilm(ratios, n_sents, quick=False, only=None):
         finally: st[0].model = orig
         cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
         res[r, name] = res[r, name, kind] = cos
-        kept = f" (kept: {min(fc.check, key=fc.check.get)})" if fc.check else ''   # budget under sequential: which ranks its check kept
+        kept = f" (kept: {closest(fc.check)})" if fc.check else ''   # budget under sequential: which ranks its check kept
         rows.append(dict(rank_ratio=r, method=name, batches=kind, params=sum(p.numel() for p in new.parameters()), cos=cos, nn=agree, seconds=t,
                          **(dict(check=fc.check) if fc.check else {})))
         print(f"| {r} | {name}{kept} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)

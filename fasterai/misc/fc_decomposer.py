@@ -12,7 +12,7 @@ from fastprogress.fastprogress import progress_bar
 from .. import __version__
 from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
 from .fast_svd import FactorSVD, LowRankSVD
-from .sensitivity import jacobian_sensitivity, measured_sensitivity, output_distortion
+from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
 from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
     linear_weight, low_rank_linear, named_linears, swap_module)
@@ -145,7 +145,7 @@ class DecompositionReport(pd.DataFrame):
         if mb is not None: res += f"; model: {mb:,} -> {mb-b+a:,} ({pct(mb, mb-b+a)})"
         if bud is not None: res += f"\nbudget {bud[0]:.1%} of the selected layers' parameters: achieved {bud[1]:.2%}"
         chk = getattr(self, 'check', None)
-        if chk: res += f" with the {min(chk, key=chk.get)} ranks (output distortion: {', '.join(f'{k} {v:.4g}' for k,v in chk.items())})"
+        if chk: res += f" with the {closest(chk)} ranks (output distortion: {', '.join(f'{k} {v:.4g}' for k,v in chk.items())})"
         return res
 
     def __repr__(self): return f"{super().__repr__()}\n{self.totals()}"
@@ -360,13 +360,12 @@ def _checked_walk(self:FC_Decomposer,
         return self._sequential(orig, res, walked, data, refine),walked
     runs = {}
     for how,ks in (('allocation', [r['rank'] for r in rows]), ('even', even_ranks(shapes, spent))):
-        if runs and ks == runs['allocation'][1]: break   # the same ranks: the same model
+        if runs and ks == [r['rank'] for r in runs['allocation'][1]]: break   # the same ranks: the same model
         res,walked = walk(res, ks, 0, bool(runs))
-        runs[how] = (output_distortion(res, orig, data, self.n_batches), ks, walked, {r['name']:res.get_submodule(r['name']) for r in rows},
-                     self.spectra)
+        runs[how] = (output_distortion(res, orig, data, self.n_batches), walked, {r['name']:res.get_submodule(r['name']) for r in rows}, self.spectra)
     self.check = {how:v[0] for how,v in runs.items()}
-    _,ks,walked,layers,self.spectra = runs[min(runs, key=self.check.get)]
-    if self.refine: res,walked = walk(res, ks, self.refine, True)   # the ranks chosen in closed form
+    _,walked,layers,self.spectra = runs[closest(self.check)]
+    if self.refine: res,walked = walk(res, [r['rank'] for r in walked], self.refine, True)   # the ranks chosen in closed form
     else:
         for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
     for r,w in zip(rows, walked): r.clear(); r.update(w)

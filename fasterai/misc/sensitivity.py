@@ -12,7 +12,7 @@ from .sequential import _rows
 from .surgery import linear_weight, low_rank_linear, swap_module
 
 # %% auto #0
-__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion']
+__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion', 'closest']
 
 # %% ../../nbs/misc/sensitivity.ipynb #d3bad309
 def model_output(out, # What a model returned: a tensor, a tuple, a dict or a `transformers` `ModelOutput`
@@ -120,3 +120,9 @@ def output_distortion(model:nn.Module, # Model measured (not modified)
         for m,t in modes.items(): m.training = t
     return dist/max(rows, 1)
 
+
+# %% ../../nbs/misc/sensitivity.ipynb #e6b9c3d2
+def closest(check:dict, # `{candidate: its output distortion}`, as `FC_Decomposer.check` holds
+           )->str|None:
+    "The candidate a check keeps: the one whose output is closest to the original's (`None` when nothing was checked)"
+    return min(check, key=check.get) if check else None
