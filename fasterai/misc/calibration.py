@@ -9,12 +9,13 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import to_device
 from .fast_svd import LowRankSVD, eigh_upper, gram
-from .surgery import features, linear_bias, weight_param
+from .surgery import features, linear_bias, linear_weight, weight_param
 from torch import nn, Tensor
+from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
-           'padding_mask', 'collect_stats', 'add_gram', 'PairStats', 'CorrectedSVD']
+           'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -167,6 +168,33 @@ def add_gram(g:Tensor, # `n` x `n` sum the products are added to
     for i in range(0, x.shape[1], block): g[i:i+block, i:] += x[:, i:i+block].T @ x[:, i:]
     return g
 
+# %% ../../nbs/misc/calibration.ipynb #ad9a1c50
+def cross_from_inputs(lin:nn.Module, # A linear layer (`is_linear`)
+                     )->bool:
+    "Whether the cross-moment of a layer's two streams costs fewer products from its original inputs (`n` x `n`) than from its outputs (`m` x `n`): fewer inputs than outputs"
+    m,n = features(lin)
+    return n < m
+
+class Seen(NamedTuple):
+    "What a layer did on a batch of the original stream, kept by its inputs: their rows, and its outputs' sum and sum of squares around an offset"
+    x:Tensor # Its inputs, (rows, n)
+    sum_y:Tensor # Sum of its outputs less `off`, (m,)
+    sq_y:float # Sum of their squares
+    off:Tensor # The offset: the mean of its outputs on the first batch
+
+    @classmethod
+    def of(cls,
+           x:Tensor, # A layer's inputs on a batch of the original stream, (rows, n): kept as they are
+           y:Tensor, # Its outputs, (rows, m)
+           off:Tensor|None=None, # The offset (`None`: the mean of `y`, for a first batch)
+          )->Seen:
+        "The `Seen` of a batch"
+        y = y.detach().reshape(-1, y.shape[-1])
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
+        off = y.mean(0) if off is None else off
+        d = y - off
+        return cls(x.detach(), d.sum(0), float(d.square().sum()), off)
+
 # %% ../../nbs/misc/calibration.ipynb #bdf731f7
 class PairStats:
     "Streaming moments of what a layer computed on the original inputs (`y`) and of what it will see (`s`): the inputs of the decomposed model, or the layer's responses to them"
@@ -180,7 +208,8 @@ class PairStats:
         self.outputs = self.n > max(self.m, self.max_inputs) # Whether `s` is the layer's (pre-bias) response to the new inputs
         if source is not None and (self.outputs or source.outputs or source.n != self.n):
             raise ValueError("only layers with the same inputs, both on the input side, share their moments")
-        self.shared,self.rows,self.sq_y,self.off_y,self.off_s,self.ys,self.held = source,0,0.,None,None,None,[]
+        self.shared,self.rows,self.sq_y,self.off_y,self.off_s,self.off_x,self.ys,self.held = source,0,0.,None,None,None,None,[]
+        self.lin = lin   # its weight maps a cross-moment of the original inputs to one of the outputs
         self._cov = self._root = None   # the source's covariance and its square root, once computed
 
     @property
@@ -198,30 +227,35 @@ class PairStats:
         return s - self.off_s
 
     def update(self,
-               y:Tensor, # The original layer's outputs on the original inputs, (..., m), bias included
+               y:Tensor|Seen, # The original layer's outputs on the original inputs, (..., m), bias included; or its inputs and their sums (`Seen`)
                x:Tensor, # Its inputs in the decomposed model, (..., n)
                s:Tensor|None, # Its outputs on them, (..., m), bias included: needed on the output side
                bias:Tensor|None, # Its bias, taken off the outputs
               ):
         "Add a batch of rows: what the layer computed originally, and its inputs (and outputs) in the decomposed model"
-        src,y = self.source,y.detach().reshape(-1, self.m)
-        y = y.to(torch.promote_types(y.dtype, torch.float32))   # products in float32 (or better), sums in float64
+        src,seen = self.source,isinstance(y, Seen)
+        a = (y.x if seen else y).detach().reshape(-1, self.n if seen else self.m)
+        a = a.to(torch.promote_types(a.dtype, torch.float32))   # products in float32 (or better), sums in float64
         if self.off_y is None:
-            self.off_y,kw = y.mean(0),dict(dtype=torch.float64, device=y.device)
+            self.off_y,kw = (y.off if seen else a.mean(0)),dict(dtype=torch.float64, device=a.device)
             self.bias,self.sum_y = torch.zeros(self.m, **kw) if bias is None else bias.detach().to(**kw),torch.zeros(self.m, **kw)
-        y,s = y - self.off_y,src._source(x, s)
+            if seen: self.off_x,self.sum_x = a.mean(0),torch.zeros(self.n, **kw)
+        if (self.off_x is not None) != seen: raise ValueError("a layer's original rows come as outputs or as `Seen` inputs, not both")
+        a,s = a - (self.off_x if seen else self.off_y),src._source(x, s)
         if src is self: src.sum_s += s.sum(0)
-        self.held.append((y, s))   # new tensors, not views: what runs after cannot change them
-        self.rows += len(y); self.sum_y += y.sum(0); self.sq_y += float(y.square().sum())
+        self.held.append((a, s))   # new tensors, not views: what runs after cannot change them
+        if seen: self.sum_x += a.sum(0); self.sum_y += y.sum_y; self.sq_y += y.sq_y
+        else: self.sum_y += a.sum(0); self.sq_y += float(a.square().sum())
+        self.rows += len(a)
         if sum(len(t) for t,_ in self.held) >= self.chunk: self.flush()
 
     def flush(self):
-        "Take the products of the rows gathered since the last flush: `ys`, and the source's `ss` (its upper triangle); returns `self`"
+        "Take the products of the rows gathered since the last flush: `ys` (of the original inputs, when they came as `Seen`), and the source's `ss` (its upper triangle); returns `self`"
         if not self.held: return self
-        y,s = (torch.cat(t) for t in zip(*self.held))
+        a,s = (torch.cat(t) for t in zip(*self.held))
         self.held = []
-        if self.ys is None: self.ys = torch.zeros(self.m, s.shape[1], dtype=torch.float64, device=s.device)
-        self.ys += y.T @ s
+        if self.ys is None: self.ys = torch.zeros(a.shape[1], s.shape[1], dtype=torch.float64, device=s.device)
+        self.ys += a.T @ s
         if self.source is self: add_gram(self.ss, s); self._cov = self._root = None
         return self
 
@@ -241,7 +275,10 @@ class PairStats:
     @property
     def total(self)->float: "Variance of the original outputs around their mean, summed over outputs"; return self.sq_y/self.rows - float((self.sum_y/self.rows).square().sum())
     @property
-    def cov_ys(self)->Tensor: "Cross-covariance of the original outputs and the source, `m` x `d`"; return self.flush().ys/self.rows - torch.outer(self.sum_y/self.rows, self.source.sum_s/self.source.rows)
+    def cov_ys(self)->Tensor:
+        "Cross-covariance of the original outputs and the source, `m` x `d`: `W C_xs` when the original inputs came (`Seen`)"
+        c = self.flush().ys/self.rows - torch.outer((self.sum_y if self.off_x is None else self.sum_x)/self.rows, self.source.sum_s/self.source.rows)
+        return c if self.off_x is None else linear_weight(self.lin).detach().to(c) @ c
     @property
     def cov_s(self)->Tensor:
         "Covariance of the source, `d` x `d`: computed once for the layers that share it (not to be modified)"

@@ -9,7 +9,7 @@ import torch
 from fastai.torch_core import to_device
 from fastprogress.fastprogress import progress_bar
 from torch import nn, Tensor
-from .calibration import LayerStats, PairStats, calibration_batches, padding_mask
+from .calibration import LayerStats, PairStats, Seen, calibration_batches, cross_from_inputs, padding_mask
 from .fast_svd import trim_heap
 from .refinement import refine
 from .surgery import linear_bias
@@ -167,14 +167,17 @@ def record(layers:dict, # `{name: layer}` of the original model whose outputs ar
            dtype:torch.dtype|None=None, # Dtype the outputs are kept in (`None`: as they come)
            stop:bool=True, # End each pass once every layer has run
           )->tuple[dict, list, list]:
-    "`({name: [outputs of each batch]}, groups, results)`: what each layer computed (real rows), the layers grouped by the tensor they read, in run order, and `run`'s results"
-    names,ys,keys,held,outs = {},{n:[] for n in layers},{},[],[]
+    "`({name: [what it did on each batch]}, groups, results)`: each layer's outputs (real rows), or its inputs and their sums (`Seen`) where they are fewer (`cross_from_inputs`); the layers grouped by the tensor they read, in run order; `run`'s results"
+    names,ys,keys,held,outs,offs = {},{n:[] for n in layers},{},[],[],{}
     for n,l in layers.items(): names.setdefault(l, []).append(n)
     def on(m, x, y):
         for n in names[m]:
             if n not in keys: keys[n] = x.data_ptr(),x.shape,x.stride(); held.append(x)   # held: no later input reuses its memory
             r = _rows(y, keep)
-            ys[n].append(r.to(dtype or y.dtype, copy=r is y))   # a copy: what runs after may change `y` in place
+            if not cross_from_inputs(m): ys[n].append(r.to(dtype or y.dtype, copy=r is y)); continue   # a copy: what runs after may change `y` in place
+            xr = _rows(x, keep)
+            ys[n].append(sn := Seen.of(xr.to(dtype or x.dtype, copy=xr is x), r, offs.get(n)))
+            offs[n] = sn.off
     tap = Tap(names, on, stop)
     try:
         for i,keep in enumerate(keeps): outs.append(tap.run(lambda: run(i)))
