@@ -168,7 +168,7 @@ def record(layers:dict, # `{name: layer}` of the original model whose outputs ar
            stop:bool=True, # End each pass once every layer has run
           )->tuple[dict, list, list]:
     "`({name: [what it did on each batch]}, groups, results)`: each layer's outputs (real rows), or its inputs and their sums (`Seen`) where they are fewer (`cross_from_inputs`); the layers grouped by the tensor they read, in run order; `run`'s results"
-    names,ys,keys,held,outs,offs = {},{n:[] for n in layers},{},[],[],{}
+    names,ys,keys,held,outs = {},{n:[] for n in layers},{},[],[]
     for n,l in layers.items(): names.setdefault(l, []).append(n)
     def on(m, x, y):
         for n in names[m]:
@@ -176,8 +176,7 @@ def record(layers:dict, # `{name: layer}` of the original model whose outputs ar
             r = _rows(y, keep)
             if not cross_from_inputs(m): ys[n].append(r.to(dtype or y.dtype, copy=r is y)); continue   # a copy: what runs after may change `y` in place
             xr = _rows(x, keep)
-            ys[n].append(sn := Seen.of(xr.to(dtype or x.dtype, copy=xr is x), r, offs.get(n)))
-            offs[n] = sn.off
+            ys[n].append(Seen.of(xr.to(dtype or x.dtype, copy=xr is x), r, ys[n][0].off if ys[n] else None))   # around the first batch's offset
     tap = Tap(names, on, stop)
     try:
         for i,keep in enumerate(keeps): outs.append(tap.run(lambda: run(i)))
