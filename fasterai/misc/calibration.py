@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
-           'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'CorrectedSVD']
+           'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'output_scale',
+           'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -305,6 +306,19 @@ class PairStats:
         z = torch.linalg.solve_triangular(l.T, a, upper=True, left=False)
         return z,torch.linalg.solve_triangular(l, z, upper=False, left=False)
 
+# %% ../../nbs/misc/calibration.ipynb #e7c1d2a1
+def output_scale(weights:Tensor|None, # What an error in each output feature costs, (`m`,), or `None`
+                 m:int, # Output features of the layer
+                 floor:float=1e-3, # Least weight, relative to their mean
+                )->Tensor:
+    "`D^½` (float64): the square roots of `weights` over their mean, at least `floor`'s; ones when `weights` is `None` or all zero"
+    if weights is None: return torch.ones(m, dtype=torch.float64)
+    w = weights.detach().double().flatten().cpu()
+    if len(w) != m: raise ValueError(f"got {len(w)} output weights for a layer with {m} outputs")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()): raise ValueError("output weights must be finite and >= 0")
+    mean = float(w.mean())
+    return (w/mean).clamp_min(floor).sqrt() if mean > 0 else torch.ones(m, dtype=torch.float64)
+
 # %% ../../nbs/misc/calibration.ipynb #b6e8212c
 class CorrectedSVD:
     "Rank-`k` factors of a layer that best map the inputs it gets in the decomposed model to its original outputs, with their bias and error"
@@ -312,15 +326,18 @@ class CorrectedSVD:
         w:Tensor, # Weight of the layer, `m` x `n`
         stats:PairStats, # Its statistics on the two streams
         damp:float|None=None, # Ridge relative to the mean variance of the source (default: `d / 2N` for `N` rows of `d` features, at least 1e-6)
+        weights:Tensor|None=None, # What an error in each output feature costs, (`m`,) (`jacobian_sensitivity(per_feature=True)`); `None`: all the same
     ):
         st,self.c_ss,self.c_ys = stats,stats.cov_s,stats.cov_ys
+        self.r = output_scale(weights, st.m).to(self.c_ss)   # D^½: the truncation is the best in the norm ‖D^½(Y − W'S)‖
         damp = max(len(self.c_ss)/(2*st.rows), 1e-6) if damp is None else damp
         d = damp*float(self.c_ss.diagonal().clamp_min(0).mean()) or damp
         w = w.detach().to(self.c_ss)
         if st.outputs: a = self.c_ys.clone(); a.diagonal().add_(d)   # C_ys + δP: the ridge pulls the map towards the layer as it was
         else: a = self.c_ys.add(w, alpha=d)
         z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
-        self.lr = LowRankSVD(z, self.m_star @ w if st.outputs else self.m_star)
+        r = self.r[:, None]
+        self.lr = LowRankSVD(r*z, r*(self.m_star @ w if st.outputs else self.m_star))
         self.s,self.stats = self.lr.s,st
 
     def keep(self, k:int, # Largest rank `factors` will be asked for
@@ -331,18 +348,22 @@ class CorrectedSVD:
     def factors(self, k:int, # Rank kept
                 overwrite:bool=False, # Unused: the factors are new tensors
                )->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`, `b = U_k` with orthonormal columns"
-        return self.lr.factors(k)
+        "Rank-`k` factors `(a, b)`, `b = D^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
+        a,u = self.lr.factors(k)
+        return a,u/self.r[:, None].to(u)
 
-    def bias_shift(self, u:Tensor, # `U_k`, `m` x `k`
+    def _map(self, b:Tensor)->Tensor:
+        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ D^½ M*`"
+        return (b.double()*self.r[:, None]).T @ (self.r[:, None]*self.m_star)
+
+    def bias_shift(self, b:Tensor, # The factor `b`, `m` x `k`
                   )->Tensor:
-        "What to add to the layer's bias to keep the mean output: `ȳ − U_k U_kᵀ M* s̄`"
-        u,ms = u.double(),self.m_star @ self.stats.mean_s
-        return self.stats.mean_y - u @ (u.T @ ms)
+        "What to add to the layer's bias to keep the mean output: `ȳ − W' s̄`"
+        return self.stats.mean_y - b.double() @ (self._map(b) @ self.stats.mean_s)
 
-    def error(self, u:Tensor, # `U_k`, `m` x `k`
+    def error(self, b:Tensor, # The factor `b`, `m` x `k`
              )->float:
         "Output error of the truncation on the calibration data, relative to the outputs' spread: ‖Y − W'S‖_F / ‖Y − Ȳ‖_F"
-        a,total = u.double().T @ self.m_star,self.stats.total   # W' = U_k a on the source
-        err = total - 2*float((a * (u.double().T @ self.c_ys)).sum()) + float((a @ self.c_ss * a).sum())
+        b,a,total = b.double(),self._map(b),self.stats.total   # W' = b a on the source
+        err = total - 2*float((a * (b.T @ self.c_ys)).sum()) + float(((b.T @ b) * (a @ self.c_ss @ a.T)).sum())
         return math.sqrt(max(err, 0)/total) if total > 0 else 0.0

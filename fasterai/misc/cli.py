@@ -36,6 +36,7 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), default='svd', help='data-aware methods need --calib')
     d.add_argument('--sequential', action='store_true', help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
     d.add_argument('--refine', type=int, default=0, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
+    d.add_argument('--weigh-outputs', action='store_true', help="with --sequential and --method whiten, weigh each output feature's error by how much the model's output moves with it (one more pass)")
     d.add_argument('--calib', help="calibration data: a text file (.txt, one sample a line, read with the input directory's "
                    "tokenizer), or inputs saved with torch.save (a tensor or a list of batches)")
     d.add_argument('--max-length', type=int, default=128, help='tokens kept per text sample (default 128)')
@@ -111,6 +112,14 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../../nbs/misc/cli.ipynb #5aad5266
+_FLAGS = (('rank_ratio', '--rank-ratio'), ('refine=', '--refine '), ('set sequential=True', 'add --sequential'), ('weigh_outputs=True', '--weigh-outputs'),
+          ("set method='whiten' and sequential=True", 'use --method whiten --sequential'), ('energy_threshold', '--energy')) # The library's names in its errors, and the flags they are
+
+def _in_flags(msg:str)->str:
+    "An error of `FC_Decomposer`, in the command line's flags"
+    for o,f in _FLAGS: msg = msg.replace(o, f)
+    return msg
+
 def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.save`
                src:Path, # The model read: a directory gives the tokenizer for text
                a:argparse.Namespace, # Arguments parsed by `parser`: `max_length`, `n_samples`, `bs`
@@ -141,9 +150,9 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     if not dst.parent.is_dir(): raise CLIError(f"{dst.parent}: no such directory")
     if a.method != 'svd' and not a.calib: raise CLIError(f"--method {a.method} calibrates on data: give it with --calib FILE")
     try: fc = FC_Decomposer(a.rank_ratio, a.energy, a.rank, a.budget, layers=a.layers, exclude=a.exclude, method=a.method,
-                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, refine=a.refine, n_batches=a.n_batches,
+                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, refine=a.refine, n_batches=a.n_batches, weigh_outputs=a.weigh_outputs,
                             inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
-    except ValueError as e: raise CLIError(str(e).replace('rank_ratio', '--rank-ratio').replace('refine=', '--refine ').replace('set sequential=True', 'add --sequential').replace('energy_threshold', '--energy')) from None
+    except ValueError as e: raise CLIError(_in_flags(str(e))) from None
     data = read_calib(Path(a.calib), src, a) if a.calib else None
     obj = read_model(src)
     model = obj.model if hasattr(obj, 'export') else obj

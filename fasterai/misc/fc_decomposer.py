@@ -168,6 +168,7 @@ class FC_Decomposer:
         cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
         refine:int=0, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); 0: closed form only
         sensitivity:str='jacobian', # With `budget` and data, how layers' errors are weighed: 'jacobian', 'measured' or 'spectrum' (see the Sensitivity page)
+        weigh_outputs:bool=False, # With `sequential` whitening, weigh each output feature's error by its Jacobian sensitivity (one more pass, forward and backward)
         n_batches:int|None=None, # Calibrate on at most this many batches of `data`
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
     ):
@@ -185,13 +186,14 @@ class FC_Decomposer:
         if sequential and method == 'svd': raise ValueError("sequential=True calibrates on data: choose method='asvd' or 'whiten'")
         if not isinstance(refine, int) or refine < 0: raise ValueError(f"refine must be a number of epochs, an int >= 0, got {refine!r}")
         if refine and not sequential: raise ValueError(f"refine={refine} refines block by block: set sequential=True")
+        if weigh_outputs and not (sequential and method == 'whiten'): raise ValueError("weigh_outputs=True weighs error-correcting whitening's outputs: set method='whiten' and sequential=True")
         if sensitivity not in ('jacobian', 'measured', 'spectrum'): raise ValueError(f"sensitivity must be 'jacobian', 'measured' or 'spectrum', got {sensitivity!r}")
         if n_batches is not None: check_rank(n_batches, 'n_batches')
         for o,v in dict(layers=layers, exclude=exclude).items():
             if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
                 raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
         store_attr()
-        self.report,self.ranks,self.spectra,self.weights,self.refined,self.check = None,{},{},{},{},{}
+        self.report,self.ranks,self.spectra,self.weights,self.output_weights,self.refined,self.check = None,{},{},{},{},{},{}
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
@@ -270,9 +272,9 @@ def _bar(self:FC_Decomposer, rows:list)->list:
     return progress_bar(rows, leave=False) if show and rows else rows
 
 @patch
-def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None):
-    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give"
-    if isinstance(stats, PairStats): return CorrectedSVD(linear_weight(lin), stats)
+def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, weights:Tensor|None=None):
+    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give (error-correcting: with its output features' `weights`)"
+    if isinstance(stats, PairStats): return CorrectedSVD(linear_weight(lin), stats, weights=weights)
     if stats is not None: return data_svd(linear_weight(lin), stats, self.method)
     return FactorSVD(lin[0].weight, lin[1].weight) if is_pair(lin) else LowRankSVD(linear_weight(lin), k=k)
 
@@ -291,7 +293,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
     r.pop('lin', None)   # the row lets go of the original layer, so that it is freed once replaced
     k,old = r['rank'],res.get_submodule(r['name'])
     reuse = self.inplace and lr is None and stats is None and _sole_weight(old)
-    lr = lr or self._svd(old, stats, k if reuse else None)
+    lr = lr or self._svd(old, stats, k if reuse else None, self.output_weights.get(r['name']))
     a,b = lr.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
     pair,note = low_rank_linear(a, b, old),dropped(old)
@@ -375,7 +377,8 @@ def _checked_walk(self:FC_Decomposer,
 def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
     "`{name: sensitivity}` of the layers of `rows`, by `sensitivity` (empty for 'spectrum': each layer's error relative to its own)"
     layers = {r['name']:r['lin'] for r in rows}
-    if self.sensitivity == 'jacobian': return jacobian_sensitivity(model, layers, data, self.n_batches)
+    if self.sensitivity == 'jacobian':   # the per-feature ones' means, when `weigh_outputs` took them
+        return {n:float(v.mean()) for n,v in self.output_weights.items()} or jacobian_sensitivity(model, layers, data, self.n_batches)
     if self.sensitivity == 'measured':
         return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None)
     return {}
@@ -396,6 +399,7 @@ def decompose(self:FC_Decomposer,
     stats,order = self._calibrate(model, todo, data)
     spectral = self.energy_threshold is not None or self.budget is not None
     factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral else {}
+    self.output_weights = jacobian_sensitivity(model, {r['name']:r['lin'] for r in todo}, data, self.n_batches, per_feature=True) if self.weigh_outputs else {}
     self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, factors)
     todo = [r for r in todo if r['rank']]

@@ -39,8 +39,9 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                          data, # Calibration data, as `calibration_batches` takes it
                          n_batches:int|None=None, # Use at most this many batches
                          seed:int=0, # Seed of the random projections
+                         per_feature:bool=False, # Give each layer's mean squared gradient for each output feature (a vector), not their mean
                         )->dict:
-    "`{name: g}`: the mean squared gradient of a random projection of the model's output with respect to each layer's output, per row and output feature"
+    "`{name: g}`: the mean squared gradient of a random projection of the model's output with respect to each layer's output, per row and output feature (`per_feature`: per row, for each feature)"
     outs,sums,rows,keep = {},dict.fromkeys(layers, 0.),dict.fromkeys(layers, 0),None
     names = {}
     for n,l in layers.items(): names.setdefault(l, []).append(n)
@@ -63,12 +64,13 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                 for y in outs[m]:
                     gr = next(it)
                     if gr is None: continue
-                    gr = _rows(gr, keep)
-                    for n in names[m]: sums[n] += float(gr.double().square().sum()); rows[n] += gr.numel()
+                    gr = _rows(gr, keep).double().square().reshape(-1, gr.shape[-1])
+                    for n in names[m]: sums[n] = sums[n] + gr.sum(0); rows[n] += len(gr)
     finally:
         for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
-    return {n:sums[n]/max(rows[n], 1) for n in layers}
+    g = {n:sums[n]/rows[n] if rows[n] else torch.zeros(len(linear_weight(l))) for n,l in layers.items()}   # a layer that never ran: 0
+    return g if per_feature else {n:float(v.mean()) for n,v in g.items()}
 
 # %% ../../nbs/misc/sensitivity.ipynb #b37879f0
 def measured_sensitivity(model:nn.Module, # Model (restored as it was)
