@@ -37,7 +37,8 @@ def minilm(ratios, n_sents, quick=False, only=None):
     print("Calibration batches of 32 sentences in random order, padded to the longest of each (the attention mask keeps the "
           "padding out of the statistics); `--quick` also calibrates whitening on same-length, unpadded batches, to compare.\n")
     print("`budget` rows spend the parameters of the uniform rank_ratio above them, by each layer's sensitivity (`sensitivity='jacobian'`); "
-          "`_seq`: `sequential=True`; `_refine`: `refine=4`, four epochs of block refinement.\n")
+          "`_seq`: `sequential=True`; `_weigh`: `weigh_outputs=True`, each output feature's error weighed by its Jacobian sensitivity; "
+          "`_refine`: `refine=4`, four epochs of block refinement.\n")
     print("| rank_ratio | method | calibration batches | parameters | mean cosine similarity | nearest neighbour kept | time (s) |\n|---|---|---|---|---|---|---|")
     layers,res,rows = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{},[]
     def run(r, name, kind, **opts):
@@ -55,7 +56,7 @@ def minilm(ratios, n_sents, quick=False, only=None):
                          **(dict(check=fc.check) if fc.check else {})))
         print(f"| {r} | {name}{kept} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
     for r in ratios:
-        for name,opts in {**METHODS, 'whiten_seq_refine': dict(method='whiten', sequential=True, refine=4)}.items():
+        for name,opts in {**METHODS, **SEQ}.items():
             if only and name not in only: continue
             for kind in batchings:
                 if name == 'svd' and res.get((r, name)): continue   # no data: one row
@@ -63,8 +64,9 @@ def minilm(ratios, n_sents, quick=False, only=None):
                 run(r, name, kind, rank_ratio=r, **opts)
         frac = kept(orig, r, layers=layers)
         budgets = dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True),
+                       budget_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
                        budget_seq_refine=dict(method='whiten', sequential=True, refine=4))
-        for name,opts in list(budgets.items())[:1 if quick else 3]:
+        for name,opts in list(budgets.items())[:1 if quick else None]:
             if not only or name in only: run(r, name, 'random order, padded', budget=frac, **opts)
     return rows
 
@@ -88,7 +90,9 @@ def digits(ratios, epochs, seeds):
     for _,o in df.iterrows(): print(f"| {o.ratio} | {o.method} | {int(o.params):,} | {o.accuracy:.3f} | {o.fine_tuned:.3f} |")
     return df
 
-ORDER = [*METHODS, 'whiten_seq_refine', 'budget', 'budget_seq', 'budget_seq_refine'] # The MiniLM rows of one rank_ratio, in run order
+SEQ = dict(whiten_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
+           whiten_seq_refine=dict(method='whiten', sequential=True, refine=4)) # MiniLM's rows beyond `METHODS`: sequential whitening's options
+ORDER = [*METHODS, *SEQ, 'budget', 'budget_seq', 'budget_seq_weigh', 'budget_seq_refine'] # The MiniLM rows of one rank_ratio, in run order
 
 def merge(old, new):
     "MiniLM rows: `new` in place of the rows of `old` with the same rank_ratio and method, the others kept; in run order"
