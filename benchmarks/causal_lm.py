@@ -6,7 +6,7 @@ same files. One file in ten (by sorted path) is held out: perplexity is measured
 comes from the others. The trained model and tokenizer are cached (`~/.cache/fasterai/causal_lm`, or
 `$FASTERAI_CACHE`), so training is paid once.
 
-Every method (`refine`: 4 epochs of block refinement) decomposes the 28 Linears of the decoder layers (the embeddings and the LM head are left alone), at the
+Every method (`refine`: 4 epochs of block refinement; `weighed`: `weigh_outputs=True`) decomposes the 28 Linears of the decoder layers (the embeddings and the LM head are left alone), at the
 same parameter count: uniform ranks cut each layer's parameters by the fraction, the budget spends the same total
 where the sensitivity says.
 
@@ -100,8 +100,10 @@ def methods(model, cut):
             'asvd': FC_Decomposer(rank=r, method='asvd', **kw),
             'whiten': FC_Decomposer(rank=r, method='whiten', **kw),
             'whiten sequential': FC_Decomposer(rank=r, method='whiten', sequential=True, **kw),
+            'sequential, weighed outputs': FC_Decomposer(rank=r, method='whiten', sequential=True, weigh_outputs=True, **kw),
             'budget (jacobian)': FC_Decomposer(budget=keep, method='whiten', **kw),
             'budget sequential': FC_Decomposer(budget=keep, method='whiten', sequential=True, **kw),
+            'budget sequential, weighed': FC_Decomposer(budget=keep, method='whiten', sequential=True, weigh_outputs=True, **kw),
             'sequential + refine': FC_Decomposer(rank=r, method='whiten', sequential=True, refine=4, **kw),
             'budget sequential + refine': FC_Decomposer(budget=keep, method='whiten', sequential=True, refine=4, **kw)}
 

@@ -45,8 +45,8 @@ def test_causal_lm_quick(tmp_path, monkeypatch):
     monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))   # trains its tiny model here, as on a fresh machine
     out = run('causal_lm.py')
     ppl = {r[0]:[float(x) for x in r[1:-1]] for r in rows(out, '# Causal LM')}
-    assert list(ppl) == ['original', 'svd', 'asvd', 'whiten', 'whiten sequential', 'budget (jacobian)', 'budget sequential',
-                         'sequential + refine', 'budget sequential + refine'], out
+    assert list(ppl) == ['original', 'svd', 'asvd', 'whiten', 'whiten sequential', 'sequential, weighed outputs', 'budget (jacobian)',
+                         'budget sequential', 'budget sequential, weighed', 'sequential + refine', 'budget sequential + refine'], out
     base = ppl.pop('original')[0]
     assert 1 < base < 512, out   # trained: far below the vocabulary's uniform guess
     assert all(base < p < 1e4 for ps in ppl.values() for p in ps), out   # every decomposition costs some perplexity, none breaks the model
