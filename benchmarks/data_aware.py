@@ -63,10 +63,7 @@ def minilm(ratios, n_sents, quick=False, only=None):
                 if kind != 'random order, padded' and (name != 'whiten' or not quick): continue   # --quick compares the two, with whiten
                 run(r, name, kind, rank_ratio=r, **opts)
         frac = kept(orig, r, layers=layers)
-        budgets = dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True),
-                       budget_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
-                       budget_seq_refine=dict(method='whiten', sequential=True, refine=4))
-        for name,opts in list(budgets.items())[:1 if quick else None]:
+        for name,opts in list(BUDGETS.items())[:1 if quick else None]:
             if not only or name in only: run(r, name, 'random order, padded', budget=frac, **opts)
     return rows
 
@@ -92,7 +89,10 @@ def digits(ratios, epochs, seeds):
 
 SEQ = dict(whiten_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
            whiten_seq_refine=dict(method='whiten', sequential=True, refine=4)) # MiniLM's rows beyond `METHODS`: sequential whitening's options
-ORDER = [*METHODS, *SEQ, 'budget', 'budget_seq', 'budget_seq_weigh', 'budget_seq_refine'] # The MiniLM rows of one rank_ratio, in run order
+BUDGETS = dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True),
+               budget_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
+               budget_seq_refine=dict(method='whiten', sequential=True, refine=4)) # MiniLM's budget rows: the options the budget runs with
+ORDER = [*METHODS, *SEQ, *BUDGETS] # The MiniLM rows of one rank_ratio, in run order
 
 def merge(old, new):
     "MiniLM rows: `new` in place of the rows of `old` with the same rank_ratio and method, the others kept; in run order"
