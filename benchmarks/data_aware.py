@@ -37,7 +37,7 @@ def minilm(ratios, n_sents, quick=False, only=None):
     print("Calibration batches of 32 sentences in random order, padded to the longest of each (the attention mask keeps the "
           "padding out of the statistics); `--quick` also calibrates whitening on same-length, unpadded batches, to compare.\n")
     print("`budget` rows spend the parameters of the uniform rank_ratio above them, by each layer's sensitivity (`sensitivity='jacobian'`); "
-          "`_seq`: `sequential=True`; `_weigh`: `weigh_outputs=True`, each output feature's error weighed by its Jacobian sensitivity; "
+          "`_seq`: `sequential=True`; `_weigh`: `weigh_outputs=True`, each layer's output errors weighed by G, the second moment of the model output's gradients; "
           "`_refine`: `refine=4`, four epochs of block refinement.\n")
     print("| rank_ratio | method | calibration batches | parameters | mean cosine similarity | nearest neighbour kept | time (s) |\n|---|---|---|---|---|---|---|")
     layers,res,rows = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{},[]

@@ -16,7 +16,7 @@ from typing import NamedTuple
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
            'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'output_scale',
-           'CorrectedSVD']
+           'CorrectedSVD', 'weighted_spectrum']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -307,17 +307,23 @@ class PairStats:
         return z,torch.linalg.solve_triangular(l, z, upper=False, left=False)
 
 # %% ../../nbs/misc/calibration.ipynb #e7c1d2a1
-def output_scale(weights:Tensor|None, # What an error in each output feature costs, (`m`,), or `None`
+def output_scale(weights:Tensor|None, # What errors in the outputs cost: `G`, `m` x `m` (symmetric, positive semi-definite), or a vector of `m` weights (a diagonal `G`), or `None`
                  m:int, # Output features of the layer
-                 floor:float=1e-3, # Least weight, relative to their mean
-                )->Tensor:
-    "`D^½` (float64): the square roots of `weights` over their mean, at least `floor`'s; ones when `weights` is `None` or all zero"
-    if weights is None: return torch.ones(m, dtype=torch.float64)
-    w = weights.detach().double().flatten().cpu()
-    if len(w) != m: raise ValueError(f"got {len(w)} output weights for a layer with {m} outputs")
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()): raise ValueError("output weights must be finite and >= 0")
-    mean = float(w.mean())
-    return (w/mean).clamp_min(floor).sqrt() if mean > 0 else torch.ones(m, dtype=torch.float64)
+                 floor:float=1e-3, # Ridge added to `G` over its mean diagonal: the least weight of any direction
+                )->tuple[Tensor, Tensor]|None:
+    "`(G^½, G^-½)` (float64, `m` x `m`) of `G` over its mean diagonal plus `floor`·I; `None` when `weights` is `None` or zero (all outputs alike)"
+    if weights is None: return None
+    g = weights.detach().double().cpu()
+    if g.dim() == 1: g = torch.diag(g)
+    if g.shape != (m, m): raise ValueError(f"got output weights of shape {tuple(weights.shape)} for a layer with {m} outputs: need ({m},) or ({m}, {m})")
+    if not bool(torch.isfinite(g).all()): raise ValueError("output weights must be finite")
+    scale = float(g.diagonal().mean())
+    if not torch.allclose(g, g.T, rtol=1e-6, atol=1e-9*abs(scale)): raise ValueError("output weights G must be symmetric")
+    if scale == 0 and not bool(g.any()): return None
+    lam,q = torch.linalg.eigh(g/scale if scale > 0 else g)
+    if scale <= 0 or float(lam[0]) < -1e-6*float(lam[-1]): raise ValueError(f"output weights G must be positive semi-definite (least eigenvalue {float(lam[0]):.3g} of G over its mean diagonal)")
+    lam = lam.clamp_min(0) + floor
+    return (q*lam.sqrt()) @ q.T,(q/lam.sqrt()) @ q.T
 
 # %% ../../nbs/misc/calibration.ipynb #b6e8212c
 class CorrectedSVD:
@@ -326,18 +332,18 @@ class CorrectedSVD:
         w:Tensor, # Weight of the layer, `m` x `n`
         stats:PairStats, # Its statistics on the two streams
         damp:float|None=None, # Ridge relative to the mean variance of the source (default: `d / 2N` for `N` rows of `d` features, at least 1e-6)
-        weights:Tensor|None=None, # What an error in each output feature costs, (`m`,) (`jacobian_sensitivity(per_feature=True)`); `None`: all the same
+        weights:Tensor|None=None, # What errors in the outputs cost: `G`, `m` x `m` (`jacobian_sensitivity(full=True)`), or a vector (its diagonal); `None`: all the same
     ):
         st,self.c_ss,self.c_ys = stats,stats.cov_s,stats.cov_ys
-        self.r = output_scale(weights, st.m).to(self.c_ss)   # D^½: the truncation is the best in the norm ‖D^½(Y − W'S)‖
+        self.r = output_scale(weights, st.m)   # (G^½, G^-½): the truncation is the best in the norm ‖G^½(Y − W'S)‖
+        if self.r is not None: self.r = tuple(t.to(self.c_ss) for t in self.r)
         damp = max(len(self.c_ss)/(2*st.rows), 1e-6) if damp is None else damp
         d = damp*float(self.c_ss.diagonal().clamp_min(0).mean()) or damp
         w = w.detach().to(self.c_ss)
         if st.outputs: a = self.c_ys.clone(); a.diagonal().add_(d)   # C_ys + δP: the ridge pulls the map towards the layer as it was
         else: a = self.c_ys.add(w, alpha=d)
         z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
-        r = self.r[:, None]
-        self.lr = LowRankSVD(r*z, r*(self.m_star @ w if st.outputs else self.m_star))
+        self.lr = LowRankSVD(self._scale(z), self._scale(self.m_star @ w if st.outputs else self.m_star))
         self.s,self.stats = self.lr.s,st
 
     def keep(self, k:int, # Largest rank `factors` will be asked for
@@ -348,13 +354,17 @@ class CorrectedSVD:
     def factors(self, k:int, # Rank kept
                 overwrite:bool=False, # Unused: the factors are new tensors
                )->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`, `b = D^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
+        "Rank-`k` factors `(a, b)`, `b = G^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
         a,u = self.lr.factors(k)
-        return a,u/self.r[:, None].to(u)
+        return a,(u if self.r is None else self.r[1].to(u) @ u)
+
+    def _scale(self, t:Tensor)->Tensor:
+        "`G^½ t`: `t` itself when unweighted"
+        return t if self.r is None else self.r[0] @ t
 
     def _map(self, b:Tensor)->Tensor:
-        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ D^½ M*`"
-        return (b.double()*self.r[:, None]).T @ (self.r[:, None]*self.m_star)
+        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ G^½ M*`"
+        return self._scale(b.double()).T @ self._scale(self.m_star)
 
     def bias_shift(self, b:Tensor, # The factor `b`, `m` x `k`
                   )->Tensor:
@@ -367,3 +377,20 @@ class CorrectedSVD:
         b,a,total = b.double(),self._map(b),self.stats.total   # W' = b a on the source
         err = total - 2*float((a * (b.T @ self.c_ys)).sum()) + float(((b.T @ b) * (a @ self.c_ss @ a.T)).sum())
         return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
+
+# %% ../../nbs/misc/calibration.ipynb #f2b7c3a1
+def weighted_spectrum(w:Tensor, # Weight of the layer, `m` x `n`
+                      stats:LayerStats, # Its calibration statistics
+                      weights:Tensor|None, # What errors in its outputs cost: `G` (`m` x `m`) or its diagonal, as `output_scale` takes them
+                     )->Tensor:
+    "Singular values (descending, `min(m, n)` of them) of `G^½ W L`, `LLᵀ = C + δI`: whitening's spectrum in the norm `G` weighs outputs by"
+    r = output_scale(weights, stats.m)
+    w,d = w.detach().double().cpu(),ridge(stats)
+    c = stats.cov.cpu()
+    if r is None: r = (torch.eye(stats.m, dtype=torch.float64),)
+    if stats.outputs: a = r[0] @ (c + d*(w @ w.T)) @ r[0]   # `cov` is W C Wᵀ: m x m
+    else:
+        lam,q = torch.linalg.eigh(c + d*torch.eye(stats.n, dtype=torch.float64))
+        z = r[0] @ w @ (q*lam.clamp_min(0).sqrt())
+        a = z.T @ z   # n x n
+    return torch.linalg.eigvalsh(a).flip(0)[:min(stats.m, stats.n)].clamp_min(0).sqrt()

@@ -10,7 +10,7 @@ import torch
 from fastcore.basics import patch, store_attr
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
-from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
+from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error, weighted_spectrum
 from .fast_svd import FactorSVD, LowRankSVD
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
@@ -168,7 +168,7 @@ class FC_Decomposer:
         cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
         refine:int=0, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); 0: closed form only
         sensitivity:str='jacobian', # With `budget` and data, how layers' errors are weighed: 'jacobian', 'measured' or 'spectrum' (see the Sensitivity page)
-        weigh_outputs:bool=False, # With `sequential` whitening, weigh each output feature's error by its Jacobian sensitivity (one more pass, forward and backward)
+        weigh_outputs:bool=False, # With `sequential` whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward)
         n_batches:int|None=None, # Calibrate on at most this many batches of `data`
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
     ):
@@ -244,16 +244,16 @@ def _explicit_rank(self:FC_Decomposer, model, name)->int:
     return next(k for p,k in self.rank.items() if matches(p, model, name))
 
 @patch
-def _choose_ranks(self:FC_Decomposer, model, rows, factors):
-    "Set each row's `rank` by the policy chosen, from its spectrum in `factors` where the policy needs one"
+def _choose_ranks(self:FC_Decomposer, model, rows, spectra):
+    "Set each row's `rank` by the policy chosen, from its spectrum in `spectra` (`{name: singular values}`) where the policy needs one"
     if self.budget is not None:
         target = self.budget*sum(r['params_before'] for r in rows)
-        ks = allocate_budget([(factors[r['name']].s, r['out_features'], r['in_features']) for r in rows], int(target),
+        ks = allocate_budget([(spectra[r['name']], r['out_features'], r['in_features']) for r in rows], int(target),
                              [self.weights[r['name']] for r in rows] if self.weights else None)
     for i,r in enumerate(rows):
         m,n = r['out_features'],r['in_features']
         if self.budget is not None: k = ks[i]
-        elif self.energy_threshold is not None: k = rank_from_energy(factors[r['name']].s, self.energy_threshold)
+        elif self.energy_threshold is not None: k = rank_from_energy(spectra[r['name']], self.energy_threshold)
         elif self.rank is not None:
             k = self._explicit_rank(model, r['name'])
             if k > min(m, n): r['reason'],k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
@@ -377,8 +377,8 @@ def _checked_walk(self:FC_Decomposer,
 def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
     "`{name: sensitivity}` of the layers of `rows`, by `sensitivity` (empty for 'spectrum': each layer's error relative to its own)"
     layers = {r['name']:r['lin'] for r in rows}
-    if self.sensitivity == 'jacobian':   # the per-feature ones' means, when `weigh_outputs` took them
-        return {n:float(v.mean()) for n,v in self.output_weights.items()} or jacobian_sensitivity(model, layers, data, self.n_batches)
+    if self.sensitivity == 'jacobian':   # the mean diagonals of the output weights, when `weigh_outputs` took them
+        return {n:float(g.diagonal().mean()) for n,g in self.output_weights.items()} or jacobian_sensitivity(model, layers, data, self.n_batches)
     if self.sensitivity == 'measured':
         return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None)
     return {}
@@ -399,9 +399,12 @@ def decompose(self:FC_Decomposer,
     stats,order = self._calibrate(model, todo, data)
     spectral = self.energy_threshold is not None or self.budget is not None
     factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral else {}
-    self.output_weights = jacobian_sensitivity(model, {r['name']:r['lin'] for r in todo}, data, self.n_batches, per_feature=True) if self.weigh_outputs else {}
+    self.output_weights = jacobian_sensitivity(model, {r['name']:r['lin'] for r in todo}, data, self.n_batches, full=True) if self.weigh_outputs else {}
+    spectra = {n:f.s for n,f in factors.items()}
+    if spectral and self.output_weights:   # ranks chosen in the norm the outputs are weighed by
+        spectra = {r['name']:weighted_spectrum(linear_weight(r['lin']), stats[r['name']], self.output_weights[r['name']]) for r in todo}
     self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
-    self._choose_ranks(model, todo, factors)
+    self._choose_ranks(model, todo, spectra)
     todo = [r for r in todo if r['rank']]
     factors = {r['name']:factors[r['name']].keep(r['rank']) for r in todo} if spectral and not self.sequential else {}
     if self.sequential: stats.clear()   # the walk sums its own, a block at a time: these would be held to the end

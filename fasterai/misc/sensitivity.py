@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from fastai.torch_core import to_device
 from torch import nn, Tensor
-from .calibration import calibration_batches, mean_correction, padding_mask
+from .calibration import add_gram, calibration_batches, mean_correction, padding_mask
 from .sequential import _rows
 from .surgery import linear_weight, low_rank_linear, swap_module
 
@@ -34,15 +34,26 @@ def _distortion(out, # What a model returned
     "Squared distance of the main output of `out` from `ref`, summed over the real (unpadded) rows"
     return float(_rows(model_output(out) - ref, keep).double().square().sum())
 
+def _projection(out, # What a model returned
+                g:torch.Generator, # Generator of the random draws
+               )->tuple[Tensor, Tensor]:
+    "The model's main output `f` and the random direction `r` its gradient is taken along: `e_y − p` for a sampled label `y ~ softmax(f)` when `out` has `logits` (the Fisher), else Gaussian"
+    f = model_output(out)
+    if not (isinstance(out, dict) and isinstance(out.get('logits'), Tensor) and out['logits'] is f):
+        return f,torch.randn(f.shape, generator=g).to(f)
+    p = f.detach().float().softmax(-1).reshape(-1, f.shape[-1])
+    y = torch.multinomial(p.cpu(), 1, generator=g).to(p.device)
+    return f,(torch.zeros_like(p).scatter_(1, y, 1.) - p).reshape(f.shape).to(f)
+
 def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                          layers:dict, # `{name: layer}` of `model`
                          data, # Calibration data, as `calibration_batches` takes it
                          n_batches:int|None=None, # Use at most this many batches
                          seed:int=0, # Seed of the random projections
-                         per_feature:bool=False, # Give each layer's mean squared gradient for each output feature (a vector), not their mean
+                         full:bool=False, # Give each layer's `m` x `m` second moment of the gradients `G = E[ggᵀ]` (float64), not its mean diagonal
                         )->dict:
-    "`{name: g}`: the mean squared gradient of a random projection of the model's output with respect to each layer's output, per row and output feature (`per_feature`: per row, for each feature)"
-    outs,sums,rows,keep = {},dict.fromkeys(layers, 0.),dict.fromkeys(layers, 0),None
+    "`{name: g}`: the mean squared gradient of a random projection of the model's output with respect to each layer's output, per row and output feature (`full`: their second moment `G`, per row)"
+    outs,sums,rows,keep = {},dict.fromkeys(layers),dict.fromkeys(layers, 0),None
     names = {}
     for n,l in layers.items(): names.setdefault(l, []).append(n)
     def hook(m, args, y):
@@ -54,8 +65,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
         for args,kwargs in _batches(model, data, n_batches):
             outs.clear(); keep = padding_mask(kwargs)
             with torch.enable_grad():
-                f = model_output(model(*args, **kwargs))
-                r = torch.randn(f.shape, generator=g).to(f)
+                f,r = _projection(model(*args, **kwargs), g)
                 ms = [m for m in names if m in outs]
                 ys = [y for m in ms for y in outs[m]]
                 grads = torch.autograd.grad((f*r).sum(), ys, allow_unused=True)
@@ -64,13 +74,23 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                 for y in outs[m]:
                     gr = next(it)
                     if gr is None: continue
-                    gr = _rows(gr, keep).double().square().reshape(-1, gr.shape[-1])
-                    for n in names[m]: sums[n] = sums[n] + gr.sum(0); rows[n] += len(gr)
+                    gr = _rows(gr, keep).reshape(-1, gr.shape[-1])
+                    gr = gr.to(torch.promote_types(gr.dtype, torch.float32))   # products in float32 (or better), sums in float64
+                    n0 = names[m][0]
+                    if sums[n0] is None: sums[n0] = torch.zeros(*(gr.shape[1:]*(1+full)), dtype=torch.float64, device=gr.device)
+                    if full: add_gram(sums[n0], gr)
+                    else: sums[n0] += gr.double().square().sum(0)
+                    rows[n0] += len(gr)
     finally:
         for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
-    g = {n:sums[n]/rows[n] if rows[n] else torch.zeros(len(linear_weight(l))) for n,l in layers.items()}   # a layer that never ran: 0
-    return g if per_feature else {n:float(v.mean()) for n,v in g.items()}
+    res = {}
+    for l,ns in names.items():
+        m_,s = len(linear_weight(l)),sums[ns[0]]
+        v = torch.zeros(*(m_,)*(1+full), dtype=torch.float64) if s is None else s/rows[ns[0]]   # a layer that never ran: 0
+        if full: v = v.triu() + v.triu(1).T   # `add_gram` summed the upper triangle
+        for n in ns: res[n] = v if full else float(v.mean())
+    return res
 
 # %% ../../nbs/misc/sensitivity.ipynb #b37879f0
 def measured_sensitivity(model:nn.Module, # Model (restored as it was)
