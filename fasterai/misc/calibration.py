@@ -385,12 +385,11 @@ def weighted_spectrum(w:Tensor, # Weight of the layer, `m` x `n`
                      )->Tensor:
     "Singular values (descending, `min(m, n)` of them) of `G^½ W L`, `LLᵀ = C + δI`: whitening's spectrum in the norm `G` weighs outputs by"
     r = output_scale(weights, stats.m)
-    w,d = w.detach().double().cpu(),ridge(stats)
-    c = stats.cov.cpu()
-    if r is None: r = (torch.eye(stats.m, dtype=torch.float64),)
-    if stats.outputs: a = r[0] @ (c + d*(w @ w.T)) @ r[0]   # `cov` is W C Wᵀ: m x m
+    sq = torch.eye(stats.m, dtype=torch.float64) if r is None else r[0]   # G^½
+    w,d,c = w.detach().double().cpu(),ridge(stats),stats.cov.cpu()
+    if stats.outputs: a = sq @ (c + d*(w @ w.T)) @ sq   # `cov` is W C Wᵀ: m x m
     else:
         lam,q = torch.linalg.eigh(c + d*torch.eye(stats.n, dtype=torch.float64))
-        z = r[0] @ w @ (q*lam.clamp_min(0).sqrt())
+        z = sq @ w @ (q*lam.clamp_min(0).sqrt())
         a = z.T @ z   # n x n
     return torch.linalg.eigvalsh(a).flip(0)[:min(stats.m, stats.n)].clamp_min(0).sqrt()

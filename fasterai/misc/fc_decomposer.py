@@ -398,11 +398,11 @@ def decompose(self:FC_Decomposer,
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
     stats,order = self._calibrate(model, todo, data)
     spectral = self.energy_threshold is not None or self.budget is not None
-    factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral else {}
     self.output_weights = jacobian_sensitivity(model, {r['name']:r['lin'] for r in todo}, data, self.n_batches, full=True) if self.weigh_outputs else {}
-    spectra = {n:f.s for n,f in factors.items()}
-    if spectral and self.output_weights:   # ranks chosen in the norm the outputs are weighed by
-        spectra = {r['name']:weighted_spectrum(linear_weight(r['lin']), stats[r['name']], self.output_weights[r['name']]) for r in todo}
+    weighed = spectral and bool(self.output_weights)   # ranks chosen in the norm the outputs are weighed by: factors only for 'measured'
+    factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral and not (weighed and self.sensitivity != 'measured') else {}
+    spectra = ({r['name']:weighted_spectrum(linear_weight(r['lin']), stats[r['name']], self.output_weights[r['name']]) for r in todo} if weighed
+               else {n:f.s for n,f in factors.items()})
     self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
     todo = [r for r in todo if r['rank']]
