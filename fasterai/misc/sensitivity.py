@@ -89,6 +89,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
         m_,s = len(linear_weight(l)),sums[ns[0]]
         v = torch.zeros(*(m_,)*(1+full), dtype=torch.float64) if s is None else s/rows[ns[0]]   # a layer that never ran: 0
         if full: v = v.triu() + v.triu(1).T   # `add_gram` summed the upper triangle
+        if not bool(torch.isfinite(v).all()): raise ValueError(f"layer '{ns[0]}': the gradients of the model's output with respect to its output are not finite (NaN or Inf)")
         for n in ns: res[n] = v if full else float(v.mean())
     return res
 
