@@ -66,6 +66,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
             outs.clear(); keep = padding_mask(kwargs)
             with torch.enable_grad():
                 f,r = _projection(model(*args, **kwargs), g)
+                if keep is not None and f.shape[:-1] == keep.shape: r = r*keep[..., None]   # padded outputs are nobody's: they cost nothing
                 ms = [m for m in names if m in outs]
                 ys = [y for m in ms for y in outs[m]]
                 grads = torch.autograd.grad((f*r).sum(), ys, allow_unused=True)
