@@ -8,6 +8,7 @@ import torch
 from fastai.torch_core import to_device
 from torch import nn, Tensor
 from .calibration import add_gram, calibration_batches, mean_correction, padding_mask
+from .fast_svd import fill_lower
 from .sequential import _rows
 from .surgery import linear_weight, low_rank_linear, swap_module
 
@@ -53,7 +54,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                          full:bool=False, # Give each layer's `m` x `m` second moment of the gradients `G = E[ggᵀ]` (float64), not its mean diagonal
                         )->dict:
     "`{name: g}`: the mean squared gradient of a random projection of the model's output with respect to each layer's output, per row and output feature (`full`: their second moment `G`, per row)"
-    outs,sums,rows,keep = {},dict.fromkeys(layers),dict.fromkeys(layers, 0),None
+    outs,sums,rows,keep = {},{},{},None   # sums and rows per module: layers sharing one share them
     names = {}
     for n,l in layers.items(): names.setdefault(l, []).append(n)
     def hook(m, args, y):
@@ -77,19 +78,17 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                     if gr is None: continue
                     gr = _rows(gr, keep).reshape(-1, gr.shape[-1])
                     gr = gr.to(torch.promote_types(gr.dtype, torch.float32))   # products in float32 (or better), sums in float64
-                    n0 = names[m][0]
-                    if sums[n0] is None: sums[n0] = torch.zeros(*(gr.shape[1:]*(1+full)), dtype=torch.float64, device=gr.device)
-                    if full: add_gram(sums[n0], gr)
-                    else: sums[n0] += gr.double().square().sum(0)
-                    rows[n0] += len(gr)
+                    if m not in sums: sums[m],rows[m] = torch.zeros(*(gr.shape[1:]*(1+full)), dtype=torch.float64, device=gr.device),0
+                    if full: add_gram(sums[m], gr)
+                    else: sums[m] += gr.double().square().sum(0)
+                    rows[m] += len(gr)
     finally:
         for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
     res = {}
     for l,ns in names.items():
-        m_,s = len(linear_weight(l)),sums[ns[0]]
-        v = torch.zeros(*(m_,)*(1+full), dtype=torch.float64) if s is None else s/rows[ns[0]]   # a layer that never ran: 0
-        if full: v = v.triu() + v.triu(1).T   # `add_gram` summed the upper triangle
+        v = sums[l]/rows[l] if l in sums else torch.zeros(*(len(linear_weight(l)),)*(1+full), dtype=torch.float64)   # a layer that never ran: 0
+        if full: fill_lower(v)   # `add_gram` summed the upper triangle
         if not bool(torch.isfinite(v).all()): raise ValueError(f"layer '{ns[0]}': the gradients of the model's output with respect to its output are not finite (NaN or Inf)")
         for n in ns: res[n] = v if full else float(v.mean())
     return res
