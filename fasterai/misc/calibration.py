@@ -8,7 +8,7 @@ import math
 import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import to_device
-from .fast_svd import LowRankSVD, eigh_upper, gram
+from .fast_svd import LowRankSVD, eigh_upper, fill_lower, gram
 from .surgery import features, linear_bias, linear_weight, weight_param
 from torch import nn, Tensor
 from typing import NamedTuple
@@ -16,7 +16,7 @@ from typing import NamedTuple
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
            'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'output_scale',
-           'CorrectedSVD', 'weighted_spectrum']
+           'Weighed', 'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -64,37 +64,50 @@ def ridge(stats:LayerStats, # Calibration statistics of the layer
 def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
              stats:LayerStats, # Its calibration statistics
              method:str, # 'asvd' or 'whiten'
+             weights:Tensor|None=None, # Whitening: what errors in the outputs cost, `G` (`m` x `m`) or its diagonal, as `output_scale` takes them (`None`: all the same)
             )->LowRankSVD:
-    "The factorisation of `w` in the output basis `method` chooses from the calibration statistics"
+    "The factorisation of `w` in the output basis `method` chooses from the calibration statistics (whitening with `weights`: in the norm `‖G^½ ·‖`, a `Weighed` one)"
     w = w.detach()
     if method == 'asvd': return LowRankSVD(w*stats.rms.to(w.dtype), w)
-    d = ridge(stats)
-    if stats.outputs: return LowRankSVD(None, w, g=stats.cov + d*gram(w))   # upper triangles: all `LowRankSVD` reads
-    lam,q = torch.linalg.eigh(stats.cov + d*torch.eye(stats.n, dtype=torch.float64, device=w.device))
-    return LowRankSVD(w.double() @ (q*lam.clamp_min(0).sqrt()), w)
+    d,r = ridge(stats),None if weights is None else output_scale(weights, stats.m)
+    sq = None if r is None else r[0].to(w.device)   # G^½
+    ws = w if sq is None else sq @ w.double()
+    if stats.outputs:
+        g = stats.cov + d*gram(w)   # upper triangles: all `LowRankSVD` reads
+        lr = LowRankSVD(None, ws, g=g if sq is None else sq @ fill_lower(g) @ sq)
+    else:
+        lam,q = torch.linalg.eigh(stats.cov + d*torch.eye(stats.n, dtype=torch.float64, device=w.device))
+        lr = LowRankSVD(ws.double() @ (q*lam.clamp_min(0).sqrt()), ws)
+    return lr if r is None else Weighed(lr, r)
+
 
 # %% ../../nbs/misc/calibration.ipynb #cdff4fab
-def output_error(u:Tensor, # Orthonormal output basis `U_k`, `m` x `k`
+def output_error(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output basis `U_k`, or `G^-½ U_k` when weighed
                  w:Tensor, # Weight of the layer, `m` x `n`
                  stats:LayerStats, # Its calibration statistics
                  corrected:bool, # Whether the bias is corrected to keep the mean output
+                 v:Tensor|None=None, # `G^½ U_k` when weighed (`Weighed.dual`), so that `W' = u vᵀ W`; `None`: `u`
                 )->float:
-    "Output error of `u @ u.T @ w` on the calibration data, relative to the outputs' spread: ‖Y' − Y‖_F / ‖Y − Ȳ‖_F"
+    "Output error of `W' = u @ v.T @ w` on the calibration data, relative to the outputs' spread: ‖Y' − Y‖_F / ‖Y − Ȳ‖_F"
     u,w,c = u.double(),w.detach().double(),stats.cov
-    cu = c @ u if stats.outputs else w @ (c @ (w.T @ u))   # C_y U_k
+    v = u if v is None else v.double()
+    cv = c @ v if stats.outputs else w @ (c @ (w.T @ v))   # C_y v
     total = float(c.trace() if stats.outputs else (w @ c * w).sum())
-    err = total - float((u * cu).sum())
-    if not corrected: err += float(mean_correction(u, w, stats).square().sum())
+    err = total - 2*float((u * cv).sum()) + float(((u.T @ u) * (v.T @ cv)).sum())   # tr((I − P) C_y (I − P)ᵀ), P = u vᵀ
+    if not corrected: err += float(mean_correction(u, w, stats, v).square().sum())
     return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
 
+
 # %% ../../nbs/misc/calibration.ipynb #c3ec39f3
-def mean_correction(u:Tensor, # Orthonormal output basis `U_k`, `m` x `k`
+def mean_correction(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output basis `U_k`, or `G^-½ U_k` when weighed
                     w:Tensor, # Weight of the layer, `m` x `n`
                     stats:LayerStats, # Its calibration statistics
+                    v:Tensor|None=None, # `G^½ U_k` when weighed (`Weighed.dual`), so that `W' = u vᵀ W`; `None`: `u`
                    )->Tensor:
-    "What to add to the bias so that `u @ u.T @ w` keeps the layer's mean output on the calibration data: `(I − P) W μ`"
-    ybar = w.detach().double() @ stats.mean
-    return ybar - u.double() @ (u.double().T @ ybar)
+    "What to add to the bias so that `W' = u @ v.T @ w` keeps the layer's mean output on the calibration data: `(I − P) W μ`"
+    ybar,u = w.detach().double() @ stats.mean,u.double()
+    return ybar - u @ ((u if v is None else v.double()).T @ ybar)
+
 
 # %% ../../nbs/misc/calibration.ipynb #4334e5ab
 def batch_args(batch, # A batch: a tensor, a tuple or list whose first `n_inp` elements are inputs, or a dict of keyword arguments
@@ -325,8 +338,37 @@ def output_scale(weights:Tensor|None, # What errors in the outputs cost: `G`, `m
     lam = lam.clamp_min(0) + floor
     return (q*lam.sqrt()) @ q.T,(q/lam.sqrt()) @ q.T
 
+# %% ../../nbs/misc/calibration.ipynb #f795125e
+class Weighed:
+    "A factorisation `lr` of matrices scaled by `G^½` on the left, mapped back: its rank-`k` factors `(a, G^-½ U_k)` give the map that is best of its rank in the norm `‖G^½ ·‖` (`r` `None`: `lr`'s own)"
+    def __init__(self,
+        lr:LowRankSVD, # Factorisation of the scaled matrices (`G^½ W L` for its basis, `G^½ W` factorised)
+        r:tuple[Tensor, Tensor]|None, # `(G^½, G^-½)`, as `output_scale` gives them; `None`: unweighted
+    ): self.lr,self.r,self.s = lr,r,lr.s
+
+    def keep(self, k:int, # Largest rank `factors` will be asked for
+            )->Weighed:
+        "Free the singular vectors beyond the first `k`; returns `self`"
+        self.lr.keep(k)
+        return self
+    def factors(self, k:int, # Rank kept
+                overwrite:bool=False, # Unused: the factors are new tensors
+               )->tuple[Tensor, Tensor]:
+        "Rank-`k` factors `(a, b)`: `a = U_kᵀ G^½ W`, `b = G^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
+        a,u = self.lr.factors(k)
+        return a,(u if self.r is None else self.r[1].to(u) @ u)
+    def scale(self, t:Tensor, # `m` x anything
+             )->Tensor:
+        "`G^½ t`: `t` itself when unweighted"
+        return t if self.r is None else self.r[0].to(t) @ t
+    def dual(self, b:Tensor, # The factor `b = G^-½ U_k`, `m` x `k`
+            )->Tensor:
+        "`v = G^½ U_k`: the truncation is the oblique projection `W' = b vᵀ W`"
+        return self.scale(self.scale(b))
+
+
 # %% ../../nbs/misc/calibration.ipynb #b6e8212c
-class CorrectedSVD:
+class CorrectedSVD(Weighed):
     "Rank-`k` factors of a layer that best map the inputs it gets in the decomposed model to its original outputs, with their bias and error"
     def __init__(self,
         w:Tensor, # Weight of the layer, `m` x `n`
@@ -343,28 +385,12 @@ class CorrectedSVD:
         if st.outputs: a = self.c_ys.clone(); a.diagonal().add_(d)   # C_ys + δP: the ridge pulls the map towards the layer as it was
         else: a = self.c_ys.add(w, alpha=d)
         z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
-        self.lr = LowRankSVD(self._scale(z), self._scale(self.m_star @ w if st.outputs else self.m_star))
-        self.s,self.stats = self.lr.s,st
-
-    def keep(self, k:int, # Largest rank `factors` will be asked for
-            )->CorrectedSVD:
-        "Free the singular vectors beyond the first `k`; returns `self`"
-        self.lr.keep(k)
-        return self
-    def factors(self, k:int, # Rank kept
-                overwrite:bool=False, # Unused: the factors are new tensors
-               )->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`, `b = G^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
-        a,u = self.lr.factors(k)
-        return a,(u if self.r is None else self.r[1].to(u) @ u)
-
-    def _scale(self, t:Tensor)->Tensor:
-        "`G^½ t`: `t` itself when unweighted"
-        return t if self.r is None else self.r[0] @ t
+        super().__init__(LowRankSVD(self.scale(z), self.scale(self.m_star @ w if st.outputs else self.m_star)), self.r)
+        self.stats = st
 
     def _map(self, b:Tensor)->Tensor:
         "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ G^½ M*`"
-        return self._scale(b.double()).T @ self._scale(self.m_star)
+        return self.scale(b.double()).T @ self.scale(self.m_star)
 
     def bias_shift(self, b:Tensor, # The factor `b`, `m` x `k`
                   )->Tensor:
@@ -377,19 +403,3 @@ class CorrectedSVD:
         b,a,total = b.double(),self._map(b),self.stats.total   # W' = b a on the source
         err = total - 2*float((a * (b.T @ self.c_ys)).sum()) + float(((b.T @ b) * (a @ self.c_ss @ a.T)).sum())
         return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
-
-# %% ../../nbs/misc/calibration.ipynb #f2b7c3a1
-def weighted_spectrum(w:Tensor, # Weight of the layer, `m` x `n`
-                      stats:LayerStats, # Its calibration statistics
-                      weights:Tensor|None, # What errors in its outputs cost: `G` (`m` x `m`) or its diagonal, as `output_scale` takes them
-                     )->Tensor:
-    "Singular values (descending, `min(m, n)` of them) of `G^½ W L`, `LLᵀ = C + δI`: whitening's spectrum in the norm `G` weighs outputs by"
-    r = output_scale(weights, stats.m)
-    sq = torch.eye(stats.m, dtype=torch.float64) if r is None else r[0]   # G^½
-    w,d,c = w.detach().double().cpu(),ridge(stats),stats.cov.cpu()
-    if stats.outputs: a = sq @ (c + d*(w @ w.T)) @ sq   # `cov` is W C Wᵀ: m x m
-    else:
-        lam,q = torch.linalg.eigh(c + d*torch.eye(stats.n, dtype=torch.float64))
-        z = sq @ w @ (q*lam.clamp_min(0).sqrt())
-        a = z.T @ z   # n x n
-    return torch.linalg.eigvalsh(a).flip(0)[:min(stats.m, stats.n)].clamp_min(0).sqrt()

@@ -36,7 +36,7 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), default='svd', help='data-aware methods need --calib')
     d.add_argument('--sequential', action='store_true', help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
     d.add_argument('--refine', type=int, default=0, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
-    d.add_argument('--weigh-outputs', action='store_true', help="with --sequential and --method whiten, weigh each layer's output errors by how much the model's output feels them, their coupling included (one more pass)")
+    d.add_argument('--weigh-outputs', action='store_true', help="with --method whiten, weigh each layer's output errors by how much the model's output feels them, their coupling included (one more pass)")
     d.add_argument('--calib', help="calibration data: a text file (.txt, one sample a line, read with the input directory's "
                    "tokenizer), or inputs saved with torch.save (a tensor or a list of batches)")
     d.add_argument('--max-length', type=int, default=128, help='tokens kept per text sample (default 128)')
@@ -113,7 +113,7 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
 
 # %% ../../nbs/misc/cli.ipynb #5aad5266
 _FLAGS = (('rank_ratio', '--rank-ratio'), ('refine=', '--refine '), ('set sequential=True', 'add --sequential'), ('weigh_outputs=True', '--weigh-outputs'),
-          ("set method='whiten' and sequential=True", 'use --method whiten --sequential'), ('energy_threshold', '--energy')) # The library's names in its errors, and the flags they are
+          ("set method='whiten'", 'use --method whiten'), ('energy_threshold', '--energy')) # The library's names in its errors, and the flags they are
 
 def _in_flags(msg:str)->str:
     "An error of `FC_Decomposer`, in the command line's flags"

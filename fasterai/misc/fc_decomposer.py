@@ -10,7 +10,7 @@ import torch
 from fastcore.basics import patch, store_attr
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
-from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error, weighted_spectrum
+from .calibration import CorrectedSVD, PairStats, Weighed, collect_stats, data_svd, mean_correction, output_error
 from .fast_svd import FactorSVD, LowRankSVD
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
@@ -168,7 +168,7 @@ class FC_Decomposer:
         cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
         refine:int=0, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); 0: closed form only
         sensitivity:str='jacobian', # With `budget` and data, how layers' errors are weighed: 'jacobian', 'measured' or 'spectrum' (see the Sensitivity page)
-        weigh_outputs:bool=False, # With `sequential` whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward)
+        weigh_outputs:bool=False, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward)
         n_batches:int|None=None, # Calibrate on at most this many batches of `data`
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
     ):
@@ -186,7 +186,7 @@ class FC_Decomposer:
         if sequential and method == 'svd': raise ValueError("sequential=True calibrates on data: choose method='asvd' or 'whiten'")
         if not isinstance(refine, int) or refine < 0: raise ValueError(f"refine must be a number of epochs, an int >= 0, got {refine!r}")
         if refine and not sequential: raise ValueError(f"refine={refine} refines block by block: set sequential=True")
-        if weigh_outputs and not (sequential and method == 'whiten'): raise ValueError("weigh_outputs=True weighs error-correcting whitening's outputs: set method='whiten' and sequential=True")
+        if weigh_outputs and method != 'whiten': raise ValueError(f"weigh_outputs=True weighs whitening's output errors: set method='whiten' (not {method!r})")
         if sensitivity not in ('jacobian', 'measured', 'spectrum'): raise ValueError(f"sensitivity must be 'jacobian', 'measured' or 'spectrum', got {sensitivity!r}")
         if n_batches is not None: check_rank(n_batches, 'n_batches')
         for o,v in dict(layers=layers, exclude=exclude).items():
@@ -273,9 +273,9 @@ def _bar(self:FC_Decomposer, rows:list)->list:
 
 @patch
 def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, weights:Tensor|None=None):
-    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give (error-correcting: with its output features' `weights`)"
+    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give (whitening: in the norm its output features' `weights` give)"
     if isinstance(stats, PairStats): return CorrectedSVD(linear_weight(lin), stats, weights=weights)
-    if stats is not None: return data_svd(linear_weight(lin), stats, self.method)
+    if stats is not None: return data_svd(linear_weight(lin), stats, self.method, weights)
     return FactorSVD(lin[0].weight, lin[1].weight) if is_pair(lin) else LowRankSVD(linear_weight(lin), k=k)
 
 def _sole_weight(lin:nn.Module)->bool:
@@ -304,10 +304,10 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
         r['rel_error'] = lr.error(b)
         with torch.no_grad(): pair[1].bias += lr.bias_shift(b).to(pair[1].bias)
     elif stats is not None:
-        w = linear_weight(old)
-        r['rel_error'] = output_error(b, w, stats, corrected=self.method == 'whiten')
+        w,v = linear_weight(old),lr.dual(b) if isinstance(lr, Weighed) else None   # weighed: `W' = b vᵀ W`
+        r['rel_error'] = output_error(b, w, stats, self.method == 'whiten', v)
         if self.method == 'whiten':
-            with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats).to(pair[1].bias)
+            with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats, v).to(pair[1].bias)
     if note: r['reason'] = note
     return swap_module(res, old, pair)
 
@@ -399,10 +399,11 @@ def decompose(self:FC_Decomposer,
     stats,order = self._calibrate(model, todo, data)
     spectral = self.energy_threshold is not None or self.budget is not None
     self.output_weights = jacobian_sensitivity(model, {r['name']:r['lin'] for r in todo}, data, self.n_batches, full=True) if self.weigh_outputs else {}
-    weighed = spectral and bool(self.output_weights)   # ranks chosen in the norm the outputs are weighed by: factors only for 'measured'
-    factors = {r['name']:self._svd(r['lin'], stats.get(r['name'])) for r in self._bar(todo)} if spectral and not (weighed and self.sensitivity != 'measured') else {}
-    spectra = ({r['name']:weighted_spectrum(linear_weight(r['lin']), stats[r['name']], self.output_weights[r['name']]) for r in todo} if weighed
-               else {n:f.s for n,f in factors.items()})
+    later,factors,spectra = not self.sequential or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
+    for r in (self._bar(todo) if spectral else []):
+        f = self._svd(r['lin'], stats.get(r['name']), weights=self.output_weights.get(r['name']))
+        spectra[r['name']] = f.s   # weighed: of G^½WL, the norm the layer is truncated in
+        if later: factors[r['name']] = f
     self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
     todo = [r for r in todo if r['rank']]
