@@ -56,7 +56,7 @@ def minilm(ratios, n_sents, quick=False, only=None):
                          **(dict(check=fc.check) if fc.check else {})))
         print(f"| {r} | {name}{kept} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
     for r in ratios:
-        for name,opts in {**METHODS, **SEQ}.items():
+        for name,opts in {**METHODS, **MORE}.items():
             if only and name not in only: continue
             for kind in batchings:
                 if name == 'svd' and res.get((r, name)): continue   # no data: one row
@@ -87,12 +87,12 @@ def digits(ratios, epochs, seeds):
     for _,o in df.iterrows(): print(f"| {o.ratio} | {o.method} | {int(o.params):,} | {o.accuracy:.3f} | {o.fine_tuned:.3f} |")
     return df
 
-SEQ = dict(whiten_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
-           whiten_seq_refine=dict(method='whiten', sequential=True, refine=4)) # MiniLM's rows beyond `METHODS`: sequential whitening's options
-BUDGETS = dict(budget=dict(method='whiten'), budget_seq=dict(method='whiten', sequential=True),
+MORE = dict(whiten_weigh=dict(method='whiten', weigh_outputs=True), whiten_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
+            whiten_seq_refine=dict(method='whiten', sequential=True, refine=4)) # MiniLM's rows beyond `METHODS`: whitening's options
+BUDGETS = dict(budget=dict(method='whiten'), budget_weigh=dict(method='whiten', weigh_outputs=True), budget_seq=dict(method='whiten', sequential=True),
                budget_seq_weigh=dict(method='whiten', sequential=True, weigh_outputs=True),
                budget_seq_refine=dict(method='whiten', sequential=True, refine=4)) # MiniLM's budget rows: the options the budget runs with
-ORDER = [*METHODS, *SEQ, *BUDGETS] # The MiniLM rows of one rank_ratio, in run order
+ORDER = [*METHODS, *MORE, *BUDGETS] # The MiniLM rows of one rank_ratio, in run order
 
 def merge(old, new):
     "MiniLM rows: `new` in place of the rows of `old` with the same rank_ratio and method, the others kept; in run order"

@@ -31,6 +31,7 @@ def test_data_aware_quick():
     assert cos['whiten', kind] > cos['asvd', kind] > cos['svd', '-'] > 0.5, out
     assert abs(cos["whiten", "random order, padded"] - cos["whiten", "same length, unpadded"]) < 0.005, out   # padding kept out
     assert cos["budget", "random order, padded"] >= cos["whiten", "random order, padded"] - 0.01, out   # same parameters, spent by sensitivity
+    assert cos['whiten_weigh', kind] > cos['svd', '-'], out   # independent whitening, weighed
     acc = {r[1]:float(r[3]) for r in rows(out, '## Digits')}
     assert acc['original'] > 0.9 and max(acc['asvd'], acc['whiten'], acc['whiten_seq']) >= acc['svd'], out
     assert acc['budget'] >= acc['whiten'] - 0.01, out   # the digits' parameters spent by sensitivity
@@ -45,8 +46,8 @@ def test_causal_lm_quick(tmp_path, monkeypatch):
     monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))   # trains its tiny model here, as on a fresh machine
     out = run('causal_lm.py')
     ppl = {r[0]:[float(x) for x in r[1:-1]] for r in rows(out, '# Causal LM')}
-    assert list(ppl) == ['original', 'svd', 'asvd', 'whiten', 'whiten sequential', 'sequential, weighed outputs', 'budget (jacobian)',
-                         'budget sequential', 'budget sequential, weighed', 'sequential + refine', 'budget sequential + refine'], out
+    assert list(ppl) == ['original', 'svd', 'asvd', 'whiten', 'whiten sequential', 'whiten, weighed outputs', 'sequential, weighed outputs',
+                         'budget (jacobian)', 'budget, weighed', 'budget sequential', 'budget sequential, weighed', 'sequential + refine', 'budget sequential + refine'], out
     base = ppl.pop('original')[0]
     assert 1 < base < 512, out   # trained: far below the vocabulary's uniform guess
     assert all(base < p < 1e4 for ps in ppl.values() for p in ps), out   # every decomposition costs some perplexity, none breaks the model
