@@ -21,15 +21,16 @@ def test_decompose_on_gpu(method):
     x = torch.randn(8, 512)
     with torch.no_grad(): torch.testing.assert_close(new(x.cuda()).cpu(), ref(x), rtol=1e-3, atol=1e-4)
 
-def test_weighed_sequential_on_gpu():
-    "Weighed outputs (the Fisher of a causal LM's logits), a budget and sequential whitening: on the GPU as on the CPU"
+@pytest.mark.parametrize('sequential', [True, False])
+def test_weighed_on_gpu(sequential):
+    "Weighed outputs (the Fisher of a causal LM's logits), a budget and whitening, sequential or independent: on the GPU as on the CPU"
     import transformers
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=4, max_position_embeddings=32, pad_token_id=None, bos_token_id=None, eos_token_id=None)
     lm = transformers.LlamaForCausalLM(cfg).eval()
     data = [dict(input_ids=torch.randint(0, 128, (4, 32))) for _ in range(4)]
-    opts = dict(budget=0.5, method='whiten', sequential=True, weigh_outputs=True, layers=['model.layers.*'])
+    opts = dict(budget=0.5, method='whiten', sequential=sequential, weigh_outputs=True, layers=['model.layers.*'])
     cpu_fc,gpu_fc = FC_Decomposer(**opts),FC_Decomposer(**opts)
     ref = cpu_fc.decompose(lm, data)
     with mock.patch('scipy.linalg.eigh', side_effect=AssertionError('CPU eigensolver used')):
