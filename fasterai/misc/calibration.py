@@ -68,7 +68,9 @@ def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
             )->LowRankSVD:
     "The factorisation of `w` in the output basis `method` chooses from the calibration statistics (whitening with `weights`: in the norm `‖G^½ ·‖`, a `Weighed` one)"
     w = w.detach()
-    if method == 'asvd': return LowRankSVD(w*stats.rms.to(w.dtype), w)
+    if method == 'asvd':
+        if weights is not None: raise ValueError("output weights weigh whitening's truncation: use method='whiten', not 'asvd'")
+        return LowRankSVD(w*stats.rms.to(w.dtype), w)
     d,r = ridge(stats),None if weights is None else output_scale(weights, stats.m)
     sq = None if r is None else r[0].to(w.device)   # G^½
     ws = w if sq is None else sq @ w.double()
