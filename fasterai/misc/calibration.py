@@ -14,9 +14,9 @@ from torch import nn, Tensor
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['LayerStats', 'ridge', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
+__all__ = ['LayerStats', 'ridge', 'Weighed', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
            'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'output_scale',
-           'Weighed', 'CorrectedSVD']
+           'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -60,17 +60,46 @@ def ridge(stats:LayerStats, # Calibration statistics of the layer
     var = (stats.sq_x/stats.rows - stats.mean.square()).clamp_min(0).mean()
     return damp*float(var if var > 0 else (stats.sq_x/stats.rows).mean()) or damp
 
+# %% ../../nbs/misc/calibration.ipynb #f795125e
+class Weighed:
+    "A factorisation `lr` of matrices scaled by `G^½` on the left, mapped back: its rank-`k` factors `(a, G^-½ U_k)` give the map that is best of its rank in the norm `‖G^½ ·‖` (`r` `None`: `lr`'s own)"
+    def __init__(self,
+        lr:LowRankSVD, # Factorisation of the scaled matrices (`G^½ W L` for its basis, `G^½ W` factorised)
+        r:tuple[Tensor, Tensor]|None, # `(G^½, G^-½)`, as `output_scale` gives them; `None`: unweighted
+    ): self.lr,self.r,self.s = lr,r,lr.s
+
+    def keep(self, k:int, # Largest rank `factors` will be asked for
+            )->Weighed:
+        "Free the singular vectors beyond the first `k`; returns `self`"
+        self.lr.keep(k)
+        return self
+    def factors(self, k:int, # Rank kept
+                overwrite:bool=False, # Unused: the factors are new tensors
+               )->tuple[Tensor, Tensor]:
+        "Rank-`k` factors `(a, b)`: `a = U_kᵀ G^½ W`, `b = G^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
+        a,u = self.lr.factors(k)
+        return a,(u if self.r is None else self.r[1].to(u) @ u)
+    def scale(self, t:Tensor, # `m` x anything
+             )->Tensor:
+        "`G^½ t`: `t` itself when unweighted"
+        return t if self.r is None else self.r[0].to(t) @ t
+    def dual(self, b:Tensor, # The factor `b = G^-½ U_k`, `m` x `k`
+            )->Tensor:
+        "`v = G^½ U_k`: the truncation is the oblique projection `W' = b vᵀ W`"
+        return self.scale(self.scale(b))
+
+
 # %% ../../nbs/misc/calibration.ipynb #cc0e3161
 def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
              stats:LayerStats, # Its calibration statistics
              method:str, # 'asvd' or 'whiten'
              weights:Tensor|None=None, # Whitening: what errors in the outputs cost, `G` (`m` x `m`) or its diagonal, as `output_scale` takes them (`None`: all the same)
-            )->LowRankSVD:
-    "The factorisation of `w` in the output basis `method` chooses from the calibration statistics (whitening with `weights`: in the norm `‖G^½ ·‖`, a `Weighed` one)"
+            )->Weighed:
+    "The factorisation of `w` in the output basis `method` chooses from the calibration statistics (whitening with `weights`: in the norm `‖G^½ ·‖`)"
     w = w.detach()
     if method == 'asvd':
         if weights is not None: raise ValueError("output weights weigh whitening's truncation: use method='whiten', not 'asvd'")
-        return LowRankSVD(w*stats.rms.to(w.dtype), w)
+        return Weighed(LowRankSVD(w*stats.rms.to(w.dtype), w), None)
     d,r = ridge(stats),None if weights is None else output_scale(weights, stats.m)
     sq = None if r is None else r[0].to(w.device)   # G^½
     ws = w if sq is None else sq @ w.double()
@@ -80,7 +109,7 @@ def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
     else:
         lam,q = torch.linalg.eigh(stats.cov + d*torch.eye(stats.n, dtype=torch.float64, device=w.device))
         lr = LowRankSVD(ws.double() @ (q*lam.clamp_min(0).sqrt()), ws)
-    return lr if r is None else Weighed(lr, r)
+    return Weighed(lr, r)
 
 
 # %% ../../nbs/misc/calibration.ipynb #cdff4fab
@@ -339,35 +368,6 @@ def output_scale(weights:Tensor|None, # What errors in the outputs cost: `G`, `m
     if scale <= 0 or float(lam[0]) < -1e-6*float(lam[-1]): raise ValueError(f"output weights G must be positive semi-definite (least eigenvalue {float(lam[0]):.3g} of G over its mean diagonal)")
     lam = lam.clamp_min(0) + floor
     return (q*lam.sqrt()) @ q.T,(q/lam.sqrt()) @ q.T
-
-# %% ../../nbs/misc/calibration.ipynb #f795125e
-class Weighed:
-    "A factorisation `lr` of matrices scaled by `G^½` on the left, mapped back: its rank-`k` factors `(a, G^-½ U_k)` give the map that is best of its rank in the norm `‖G^½ ·‖` (`r` `None`: `lr`'s own)"
-    def __init__(self,
-        lr:LowRankSVD, # Factorisation of the scaled matrices (`G^½ W L` for its basis, `G^½ W` factorised)
-        r:tuple[Tensor, Tensor]|None, # `(G^½, G^-½)`, as `output_scale` gives them; `None`: unweighted
-    ): self.lr,self.r,self.s = lr,r,lr.s
-
-    def keep(self, k:int, # Largest rank `factors` will be asked for
-            )->Weighed:
-        "Free the singular vectors beyond the first `k`; returns `self`"
-        self.lr.keep(k)
-        return self
-    def factors(self, k:int, # Rank kept
-                overwrite:bool=False, # Unused: the factors are new tensors
-               )->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`: `a = U_kᵀ G^½ W`, `b = G^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
-        a,u = self.lr.factors(k)
-        return a,(u if self.r is None else self.r[1].to(u) @ u)
-    def scale(self, t:Tensor, # `m` x anything
-             )->Tensor:
-        "`G^½ t`: `t` itself when unweighted"
-        return t if self.r is None else self.r[0].to(t) @ t
-    def dual(self, b:Tensor, # The factor `b = G^-½ U_k`, `m` x `k`
-            )->Tensor:
-        "`v = G^½ U_k`: the truncation is the oblique projection `W' = b vᵀ W`"
-        return self.scale(self.scale(b))
-
 
 # %% ../../nbs/misc/calibration.ipynb #b6e8212c
 class CorrectedSVD(Weighed):

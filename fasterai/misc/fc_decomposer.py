@@ -10,7 +10,7 @@ import torch
 from fastcore.basics import patch, store_attr
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
-from .calibration import CorrectedSVD, PairStats, Weighed, collect_stats, data_svd, mean_correction, output_error
+from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
 from .fast_svd import FactorSVD, LowRankSVD
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
@@ -304,7 +304,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
         r['rel_error'] = lr.error(b)
         with torch.no_grad(): pair[1].bias += lr.bias_shift(b).to(pair[1].bias)
     elif stats is not None:
-        w,v = linear_weight(old),lr.dual(b) if isinstance(lr, Weighed) else None   # weighed: `W' = b vᵀ W`
+        w,v = linear_weight(old),lr.dual(b)   # `W' = b vᵀ W`
         r['rel_error'] = output_error(b, w, stats, self.method == 'whiten', v)
         if self.method == 'whiten':
             with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats, v).to(pair[1].bias)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from fastai.torch_core import to_device
 from torch import nn, Tensor
-from .calibration import Weighed, add_gram, calibration_batches, mean_correction, padding_mask
+from .calibration import add_gram, calibration_batches, mean_correction, padding_mask
 from .fast_svd import fill_lower
 from .sequential import _rows
 from .surgery import linear_weight, low_rank_linear, swap_module
@@ -96,7 +96,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
 # %% ../../nbs/misc/sensitivity.ipynb #b37879f0
 def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                          layers:dict, # `{name: layer}` of `model`
-                         factors:dict, # `{name: factorisation}` (`LowRankSVD`...) of each layer, whose spectrum `s` is in output units
+                         factors:dict, # `{name: factorisation}` of each layer (`data_svd`'s when `stats` are given), whose spectrum `s` is in output units
                          data, # Calibration data, as `calibration_batches` takes it
                          n_batches:int|None=None, # Use at most this many batches
                          stats:dict|None=None, # `{name: LayerStats}`: the truncated layers keep their mean output, as whitening's do
@@ -113,7 +113,7 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                 k = max(1, len(lr.s)//4)
                 a,b = lr.factors(k)
                 pair = low_rank_linear(a, b, l)
-                if stats: pair[1].bias += mean_correction(b, linear_weight(l), stats[n], lr.dual(b) if isinstance(lr, Weighed) else None).to(pair[1].bias)
+                if stats: pair[1].bias += mean_correction(b, linear_weight(l), stats[n], lr.dual(b)).to(pair[1].bias)
                 h = pair.register_forward_hook(lambda m,a,y: rows.__setitem__(0, rows[0] + _rows(y, keep).numel()//y.shape[-1]))
                 swap_module(model, l, pair)
                 try:
