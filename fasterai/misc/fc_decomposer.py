@@ -437,14 +437,19 @@ def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
     return df
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #57ae95d2
-def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one has a `config`
+def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or one holding some, has a `config`
                  ranks:dict, # `{layer name: rank}` of the layers just factorised
                 )->nn.Module:
-    "Record `ranks` in a `transformers` model's config (`config.fasterai`, merged with any recorded before), so `save_pretrained` saves them"
-    cfg = getattr(model, 'config', None)
-    if not callable(getattr(cfg, 'to_json_string', None)): return model
-    old = (getattr(cfg, 'fasterai', None) or {}).get('ranks', {})
-    cfg.fasterai = dict(version=__version__, ranks={**old, **ranks})
+    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so `save_pretrained` saves them"
+    done = set()
+    for p,m in model.named_modules():
+        cfg = getattr(m, 'config', None)   # a `transformers` model's (with `config_class`): a wrapper may only pass on its model's
+        if not (callable(getattr(cfg, 'to_json_string', None)) and hasattr(m, 'config_class')) or id(cfg) in done: continue
+        done.add(id(cfg))
+        mine = {n[len(p)+1:] if p else n:k for n,k in ranks.items() if not p or n.startswith(p + '.')}
+        if not mine: continue
+        old = (getattr(cfg, 'fasterai', None) or {}).get('ranks', {})
+        cfg.fasterai = dict(version=__version__, ranks={**old, **mine})
     return model
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ac676886

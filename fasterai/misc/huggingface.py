@@ -10,7 +10,7 @@ from torch import nn
 from .fc_decomposer import FC_Decomposer
 
 # %% auto #0
-__all__ = ['params_on_meta', 'load_pretrained', 'text_batches']
+__all__ = ['params_on_meta', 'load_pretrained', 'text_batches', 'SentenceEmbedding']
 
 # %% ../../nbs/misc/huggingface.ipynb #0482b758
 @contextlib.contextmanager
@@ -72,3 +72,10 @@ def text_batches(tokenizer, # A `transformers` tokenizer
     if tokenizer.pad_token is None: tokenizer = copy.copy(tokenizer); tokenizer.pad_token = tokenizer.eos_token   # GPT-2's has none
     tok = lambda t: dict(tokenizer(t, padding=True, truncation=True, max_length=max_length, return_tensors='pt'))
     return [tok(texts[i:i+bs]) for i in range(0, len(texts), bs)]
+
+# %% ../../nbs/misc/huggingface.ipynb #aba85b39
+class SentenceEmbedding(nn.Module):
+    "A `SentenceTransformer` as a model of its tokenizer's batches (keyword arguments) that returns the sentence embeddings"
+    def __init__(self, st:nn.Module): # A `SentenceTransformer`: decomposed in place through this wrapper with `inplace=True`
+        super().__init__(); self.st = st
+    def forward(self, **features): return self.st(dict(features))['sentence_embedding']
