@@ -343,31 +343,32 @@ def _sequential(self:FC_Decomposer,
                            self.refine if refine is None else refine, self.refined)
 
 @patch
-def _checked_walk(self:FC_Decomposer,
+def _checked(self:FC_Decomposer,
     orig:nn.Module, # The original model (never modified)
     res:nn.Module, # The model being decomposed, in place
-    rows:list, # Rows of the layers to decompose, in the order the model runs them, with the allocation's ranks
+    rows:list, # Rows of the layers to decompose (in the order the model runs them, for `sequential`), with the allocation's ranks
     data, # Calibration data
+    build, # `build(res, rows, refine)` decomposes the layers of `rows` in `res` at their ranks (`refine`: epochs of block refinement); returns the root
 )->nn.Module:
-    "`budget` under `sequential`: walk with the allocation's ranks, then with `even_ranks` of the same parameters; keep the model whose output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)); with `refine`, refine the one kept"
+    "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters; keep the model whose output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)); with `refine`, refine the one kept"
     shapes = [(r['out_features'], r['in_features'], r['params_before']) for r in rows]
     spent = sum(factored_params(m, n, r['rank']) for (m,n,_),r in zip(shapes, rows))
     for r in rows: r.pop('lin', None)   # the layers are read from `res`, and put back from `orig`
-    def walk(res, ks, refine, fresh):
+    def make(res, ks, refine, fresh):
         if fresh:   # the original layers back, sharing `orig`'s tensors
             for r in rows:
                 lin = orig.get_submodule(r['name'])
                 res = swap_module(res, res.get_submodule(r['name']), copy.deepcopy(lin, {id(t):t for t in _held(lin)}))
         self.spectra,walked = {},[{**r, 'rank':k} for r,k in zip(rows, ks)]
-        return self._sequential(orig, res, walked, data, refine),walked
+        return build(res, walked, refine),walked
     runs = {}
     for how,ks in (('allocation', [r['rank'] for r in rows]), ('even', even_ranks(shapes, spent))):
         if runs and ks == [r['rank'] for r in runs['allocation'][1]]: break   # the same ranks: the same model
-        res,walked = walk(res, ks, 0, bool(runs))
+        res,walked = make(res, ks, 0, bool(runs))
         runs[how] = (output_distortion(res, orig, data, self.n_batches), walked, {r['name']:res.get_submodule(r['name']) for r in rows}, self.spectra)
     self.check = {how:v[0] for how,v in runs.items()}
     _,walked,layers,self.spectra = runs[closest(self.check)]
-    if self.refine: res,walked = walk(res, [r['rank'] for r in walked], self.refine, True)   # the ranks chosen in closed form
+    if self.refine: res,walked = make(res, [r['rank'] for r in walked], self.refine, True)   # the ranks chosen in closed form
     else:
         for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
     for r,w in zip(rows, walked): r.clear(); r.update(w)
@@ -407,14 +408,21 @@ def decompose(self:FC_Decomposer,
     self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
     todo = [r for r in todo if r['rank']]
-    factors = {r['name']:factors[r['name']].keep(r['rank']) for r in todo} if spectral and not self.sequential else {}
+    checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks
+    factors = {r['name']:factors[r['name']] if checked else factors[r['name']].keep(r['rank']) for r in todo} if spectral and not self.sequential else {}
     if self.sequential: stats.clear()   # the walk sums its own, a block at a time: these would be held to the end
-    orig = copy.deepcopy(model) if self.sequential and self.inplace else model   # the original stream runs on it
+    orig = copy.deepcopy(model) if self.inplace and (self.sequential or checked) else model   # the original stream runs on it, the check compares with it
     res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo for t in _held(r['lin'])})
     self.check = {}
     if self.sequential:
         todo = sorted(todo, key=lambda r: order.index(r['name']) if r['name'] in order else len(order))
-        res = (self._checked_walk if self.budget is not None else self._sequential)(orig, res, todo, data)
+        walk = lambda res, rows, refine=None: self._sequential(orig, res, rows, data, refine)
+        res = self._checked(orig, res, todo, data, walk) if checked else walk(res, todo)
+    elif checked:   # the factorisations serve both candidates
+        def build(res, rows, refine):
+            for r in self._bar(rows): res = self._replace(res, r, factors[r['name']], stats[r['name']])
+            return res
+        res = self._checked(orig, res, todo, data, build)
     else:
         for r in self._bar(todo): res = self._replace(res, r, factors.pop(r['name'], None), stats.pop(r['name'], None))
     self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
