@@ -143,7 +143,7 @@ def main(quick=False, save=None, cuts=(0.2, 0.4, 0.6, 0.8)):
         for c in cuts:
             dec = methods(model, c)[m]
             t = time.perf_counter(); new = dec.decompose(model, calib); secs.append(time.perf_counter()-t)
-            if dec.check: res['kept'].setdefault(m, []).append(closest(dec.check))   # budget under sequential: the ranks its check kept
+            if dec.check: res['kept'].setdefault(m, []).append(closest(dec.check))   # a budget with data: the ranks its check kept
             assert abs(decoder_params(new) - (1-c)*decoder_params(model)) <= 0.01*decoder_params(model), (m, c, decoder_params(new))   # same size, within 1%
             ppl.append(perplexity(new, test))
         print(f"| {m} | {' | '.join(f'{p:.2f}' for p in ppl)} | {' / '.join(f'{s:.1f}' for s in secs)} |", flush=True)

