@@ -26,7 +26,8 @@ def test_suite_quick():
 
 def test_data_aware_quick():
     out = run('data_aware.py')
-    cos = {(r[1], r[2]):float(r[4]) for r in rows(out, 'all-MiniLM-L6-v2')}
+    cos = {(r[1].split(' (kept: ')[0], r[2]):float(r[4]) for r in rows(out, 'all-MiniLM-L6-v2')}
+    assert re.search(r"^\| 0\.5 \| budget \(kept: (allocation|even)\) \|", out, re.M), out   # a budget with data checks its allocation
     kind = 'random order, padded'
     assert cos['whiten', kind] > cos['asvd', kind] > cos['svd', '-'] > 0.5, out
     assert abs(cos["whiten", "random order, padded"] - cos["whiten", "same length, unpadded"]) < 0.005, out   # padding kept out
