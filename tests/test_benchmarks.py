@@ -42,6 +42,12 @@ def test_sequential_quick():
     r = rows(out, '# Sequential calibration')
     assert [x[0] for x in r] == ['2', '4'] and [x[1] for x in r] == ['14', '28'], out
     assert all(float(x[2]) > 0 and float(x[3]) > 0 and float(x[5]) > 0 for x in r), out   # times, and the size of what the result adds
+    m = rows(out, 'on all-MiniLM-L6-v2')
+    assert [x[:2] for x in m] == [['random order, padded', '0.5'], ['sorted by length', '0.5']], out
+    for x in m:
+        ind,seq,fwd,dec,start,prod,fact,floor = (float(x[i]) for i in (2, 3, 5, 6, 7, 8, 9, 10))
+        assert min(ind, seq, fwd, dec, prod, fact) > 0 and 0 <= start < fwd and fact < seq, out   # the common start is a part of the forward pass
+        assert abs(floor - (fwd + dec - start + prod + fact)) < 0.3, out   # the floor is made of its parts (printed to 0.1 s)
 
 def test_causal_lm_quick(tmp_path, monkeypatch):
     monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))   # trains its tiny model here, as on a fresh machine
