@@ -15,7 +15,7 @@ least that two streams can cost.
    eigendecomposition, error and bias of each layer); no hooks, no copies, no cached streams.
 
     python benchmarks/sequential.py            # hidden 512, 4, 8 and 16 layers, 16 x 128 tokens; MiniLM at 0.5, 0.25, 0.1 (about 15 minutes)
-    python benchmarks/sequential.py --quick    # hidden 128, 2 and 4 layers; MiniLM on 64 docstrings at 0.5: what CI runs
+    python benchmarks/sequential.py --quick    # hidden 128, 2 and 4 layers; MiniLM on 128 docstrings at 0.5: what CI runs
 """
 import argparse, json, random, resource, subprocess, sys, time
 
