@@ -191,7 +191,7 @@ def test_sequential_replay_changes_nothing(name, monkeypatch):
     s,(model,_,_) = ZOO[name],original(name)
     data = [s.example(seed)[1] for seed in (1, 2)]   # two batches of keyword arguments: each is served its own outputs
     fc = lambda: FC_Decomposer(0.5, method='whiten', sequential=True, progress=False)
-    assert find_blocks(model, [r['name'] for r in fc()._plan(model) if r['reason'] is None]), "no blocks: nothing would be served"
+    assert find_blocks(model, [r.name for r in fc().plan(model) if r.selected]), "no blocks: nothing would be served"
     kept,close = [],Replay.close
     def count(self): kept.append(len(self.kept)); close(self)
     monkeypatch.setattr(Replay, 'close', count)

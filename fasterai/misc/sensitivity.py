@@ -5,11 +5,9 @@
 # %% ../../nbs/misc/sensitivity.ipynb #82f889ee
 from __future__ import annotations
 import torch
-from fastai.torch_core import to_device
 from torch import nn, Tensor
-from .calibration import add_gram, calibration_batches, mean_correction, padding_mask
+from .calibration import add_gram, calibration_batches, mean_correction, on_device, padding_mask, real_rows
 from .fast_svd import fill_lower
-from .sequential import _rows
 from .surgery import linear_weight, low_rank_linear, swap_module
 
 # %% auto #0
@@ -26,14 +24,14 @@ def model_output(out, # What a model returned: a tensor, a tuple, a dict or a `t
 # %% ../../nbs/misc/sensitivity.ipynb #da724dbb
 def _batches(model, data, n_batches):
     p = next(model.parameters(), None)
-    return [to_device(b, p.device if p is not None else None) for b in calibration_batches(data, n_batches)]
+    return [on_device(b, p.device if p is not None else None) for b in calibration_batches(data, n_batches)]
 
 def _distortion(out, # What a model returned
                 ref:Tensor, # The reference main output
                 keep:Tensor|None, # The batch's attention mask, or `None`
                )->float:
     "Squared distance of the main output of `out` from `ref`, summed over the real (unpadded) rows"
-    return float(_rows(model_output(out) - ref, keep).double().square().sum())
+    return float(real_rows(model_output(out) - ref, keep).double().square().sum())
 
 def _projection(out, # What a model returned
                 g:torch.Generator, # Generator of the random draws
@@ -76,7 +74,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                 for y in outs[m]:
                     gr = next(it)
                     if gr is None: continue
-                    gr = _rows(gr, keep).reshape(-1, gr.shape[-1])
+                    gr = real_rows(gr, keep).reshape(-1, gr.shape[-1])
                     gr = gr.to(torch.promote_types(gr.dtype, torch.float32))   # products in float32 (or better), sums in float64
                     if m not in sums: sums[m],rows[m] = torch.zeros(*(gr.shape[1:]*(1+full)), dtype=torch.float64, device=gr.device),0
                     if full: add_gram(sums[m], gr)
@@ -114,7 +112,7 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                 a,b = lr.factors(k)
                 pair = low_rank_linear(a, b, l)
                 if stats: pair[1].bias += mean_correction(b, linear_weight(l), stats[n], lr.dual(b)).to(pair[1].bias)
-                h = pair.register_forward_hook(lambda m,a,y: rows.__setitem__(0, rows[0] + _rows(y, keep).numel()//y.shape[-1]))
+                h = pair.register_forward_hook(lambda m,a,y: rows.__setitem__(0, rows[0] + real_rows(y, keep).numel()//y.shape[-1]))
                 swap_module(model, l, pair)
                 try:
                     dist = 0.
@@ -138,10 +136,11 @@ def output_distortion(model:nn.Module, # Model measured (not modified)
         with torch.no_grad():
             for a,kw in _batches(model, data, n_batches):
                 r,keep = model_output(ref(*a, **kw)),padding_mask(kw)
-                dist += _distortion(model(*a, **kw), r, keep); rows += _rows(r, keep).numel()//max(r.shape[-1], 1)
+                dist += _distortion(model(*a, **kw), r, keep); rows += real_rows(r, keep).numel()//max(r.shape[-1], 1)
     finally:
         for m,t in modes.items(): m.training = t
     return dist/max(rows, 1)
+
 
 
 # %% ../../nbs/misc/sensitivity.ipynb #e6b9c3d2
