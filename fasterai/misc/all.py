@@ -11,9 +11,12 @@ from .ranks import (linear_params, factored_params, rank_from_ratio, rank_from_p
     allocate_budget, even_ranks)
 from .surgery import LowRankLinear, is_linear, named_linears
 from .huggingface import load_pretrained, text_batches, SentenceEmbedding
-from .learner import FCDecomposeCallback   # and `Learner.decompose_fc`
 from .sensitivity import jacobian_sensitivity, output_distortion
-from .demo import compare, digits_dls, digits_net, latency_ms
+import warnings
+with warnings.catch_warnings():   # fastai's import uses `torch.jit.script`, which torch deprecates: nothing our users can act on
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from fasterai.misc.learner import FCDecomposeCallback   # and `Learner.decompose_fc`
+    from fasterai.misc.demo import compare, digits_dls, digits_net, latency_ms
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
 __all__ = ['FC_Decomposer', 'RECIPES', 'DecompositionReport', 'LayerPlan', 'OptionError', 'linear_params', 'factored_params',
