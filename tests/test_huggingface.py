@@ -1,12 +1,13 @@
 """Hugging Face end to end, on small configs (random weights, no download): decomposed checkpoints save, load with
 `load_pretrained` (theirs and those of earlier versions), and load with `transformers` alone through its Auto classes
 and `trust_remote_code=True`, in a process where fasterai can't be imported, offline; without `trust_remote_code`
-they are refused. Also a GGUF model's."""
+they are refused. Also a GGUF model's, and `fasterai-fc decompose`'s."""
 import ast, json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from fasterai.misc.all import *
 from fasterai.misc import modeling_fasterai
+from fasterai.misc.cli import main
 
 transformers = pytest.importorskip('transformers')
 
@@ -243,6 +244,11 @@ def anywhere(tmp_path_factory):
         small.save_pretrained(tmp/'gguf')
         expect['gguf'] = small.config.fasterai['ranks']
         add('gguf', tmp/'gguf', 'AutoModelForCausalLM', kw_llama, small(**kw_llama).logits, 'logits')
+        # `fasterai-fc decompose` on a model directory
+        tiny('llama')[0].save_pretrained(tmp/'plain')
+        assert main(['decompose', str(tmp/'plain'), str(tmp/'cli'), '--rank-ratio', '0.25']) == 0
+        expect['cli'] = json.loads((tmp/'cli'/'config.json').read_text())['fasterai']['ranks']
+        add('cli', tmp/'cli', 'AutoModelForCausalLM', kw_llama, load_pretrained(tmp/'cli')(**kw_llama).logits, 'logits')
     (tmp/'elsewhere').mkdir()
     env = {k:v for k,v in os.environ.items() if k != 'PYTHONPATH'}
     env.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_MODULES_CACHE=str(tmp/'modules'))
@@ -252,7 +258,7 @@ def anywhere(tmp_path_factory):
     return json.loads((tmp/'found.json').read_text()),{c['id']:c for c in cases},expect,tmp
 
 CASES = ['llama', 'llama-base', 'llama-classifier', 'llama-bf16', 'gpt2', 'gpt2-base', 'bert', 'bert-base', 'bert-classifier',
-         't5', 't5-base', 'encoder-decoder', 'twice', 'gguf']
+         't5', 't5-base', 'encoder-decoder', 'twice', 'gguf', 'cli']
 # Layers the class has and the model saved had not (a new task's head, BertModel's pooler): at random, as from any checkpoint
 HEADS = {'llama-classifier': ('score.',), 'bert-base': ('pooler.',), 'bert-classifier': ('bert.pooler.', 'classifier.')}
 
@@ -279,3 +285,8 @@ def test_gguf_model_decomposed_saves_without_its_quantization(anywhere):
     cfg = json.loads((tmp/'gguf'/'config.json').read_text())
     assert 'quantization_config' not in cfg and cfg['model_type'] == 'fasterai_llama'
     assert load_pretrained(tmp/'gguf').config.fasterai['ranks'] == cfg['fasterai']['ranks']
+
+def test_cli_writes_a_checkpoint_that_loads_anywhere(anywhere):
+    *_,tmp = anywhere
+    assert (tmp/'cli'/'modeling_fasterai.py').read_text() == Path(modeling_fasterai.__file__).read_text()
+    assert json.loads((tmp/'cli'/'config.json').read_text())['auto_map']['AutoModelForCausalLM'] == 'modeling_fasterai.LowRankLlamaForCausalLM'

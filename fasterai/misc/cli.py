@@ -144,6 +144,7 @@ def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.sav
 def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc decompose` with the parsed arguments `a`"
     from fasterai.misc.fc_decomposer import FC_Decomposer
+    from fasterai.misc.huggingface import portable
     src,dst = Path(a.input),Path(a.output)
     if dst.exists() and dst.resolve() == src.resolve(): raise CLIError(f"{dst}: is the input; write the decomposed model elsewhere")
     if dst.exists() and not a.force: raise CLIError(f"{dst}: exists (use --force to overwrite it)")
@@ -158,6 +159,7 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     model = obj.model if hasattr(obj, 'export') else obj
     try: new = fc.decompose(model, data)
     except ValueError as e: raise CLIError(str(e)) from None
+    portable(new)   # a `transformers` model's directory then carries the code that loads it anywhere
     if hasattr(obj, 'export'): obj.model = new
     write_model(obj if hasattr(obj, 'export') else new, dst, src)
     print(fc.report.to_string())
