@@ -129,7 +129,7 @@ def test_portable_keeps_the_model_in_memory_as_it_was():
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 4))
     assert portable(FC_Decomposer(0.5).decompose(mlp)) is not None
 
-def test_portable_copies_pickle():
+def test_a_portable_config_pickles():
     "A portable config's class is found by its name, as pickles (`torch.save`, fastai exports) need"
     new = portable(FC_Decomposer(0.5).decompose(tiny('bert')[0]))
     import pickle
