@@ -472,7 +472,7 @@ def _report(self:FC_Decomposer, rows:list[LayerPlan], n_params:int)->Decompositi
 def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or one holding some, has a `config`
                  ranks:dict, # `{layer name: rank}` of the layers just factorised
                 )->nn.Module:
-    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so `save_pretrained` saves them"
+    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so that `save_pretrained` saves them, and the code that rebuilds them from `transformers` alone (`portable`)"
     done = set()
     for p,m in model.named_modules():
         cfg = getattr(m, 'config', None)   # a `transformers` model's (with `config_class`): a wrapper may only pass on its model's
@@ -482,7 +482,8 @@ def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or
         if not mine: continue
         old = (getattr(cfg, 'fasterai', None) or {}).get('ranks', {})
         cfg.fasterai = dict(version=__version__, ranks={**old, **mine})
-    return model
+    from fasterai.misc.huggingface import portable   # (it imports this module)
+    return portable(model)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ac676886
 @patch(cls_method=True)
