@@ -6,6 +6,7 @@ import ast, json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from fasterai.misc.all import *
+from fasterai.misc.huggingface import portable
 from fasterai.misc import modeling_fasterai
 from fasterai.misc.cli import main
 
