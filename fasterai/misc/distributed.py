@@ -27,7 +27,7 @@ def _where(t:Tensor)->Tensor:
 def all_sum(*ts:Tensor, # Tensors summed, each the same shape in every process
            )->tuple:
     "Sum each of `ts` over the processes, in place (every process gets the same bits); returns them"
-    for t in ts:
+    for t in (t for t in ts if t.numel()):   # an empty one is the same everywhere: nothing to send
         c = _where(t)
         dist.all_reduce(c)
         if c is not t: t.copy_(c)
