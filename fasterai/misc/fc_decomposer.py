@@ -12,6 +12,7 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
 from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
+from .distributed import broadcast_, from_rank0, group_size
 from .fast_svd import FactorSVD, LowRankSVD
 from .ranks import allocate_budget, even_ranks, factored_params, rank_from_energy, rank_from_params, rank_from_ratio, truncation_error
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
@@ -61,7 +62,7 @@ def as_rank(value, # Value to check
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #2fef3d58
 POLICIES = ('rank_ratio', 'energy_threshold', 'rank', 'budget', 'param_ratio') # The rank policies: one applies
-DEFAULTS = dict(skip_unprofitable=False, method='svd', sequential=False, refine=0, weigh_outputs=False) # What an option left out is
+DEFAULTS = dict(skip_unprofitable=False, method='svd', sequential=False, refine=0, weigh_outputs=False, distributed=False) # What an option left out is
 RECIPES = dict( # Named settings: the options each stands for
     fast=dict(method='svd'),
     vision_head=dict(param_ratio=0.5, method='whiten'),
@@ -105,6 +106,8 @@ def check_options(o:dict, # Every option's value, as `resolve_options` gives the
     r = o['refine']
     if isinstance(r, bool) or not isinstance(r, int) or r < 0: raise OptionError(f"{{}} must be a number of epochs, an int >= 0, got {r!r}", ('refine', ...))
     if r and not o['sequential']: raise OptionError("{} refines block by block: set {}", ('refine', r), ('sequential', True))
+    if o['distributed'] and not data: raise OptionError("{} sums the calibration over processes, which {} does not use", ('distributed', True), ('method', method))
+    if o['distributed'] and r: raise OptionError("{} takes Adam steps over one process's batches: it is not done with {}", ('refine', r), ('distributed', True))
     cd = o.get('cache_dtype')
     if cd is not None and not (isinstance(cd, torch.dtype) and cd.is_floating_point): raise OptionError(f"{{}} must be a floating torch.dtype, got {cd!r}", ('cache_dtype', ...))
     if cd is not None and not o['sequential']: raise OptionError("{} is the dtype of the walk's cache: set {}", ('cache_dtype', cd), ('sequential', True))
@@ -193,6 +196,7 @@ class FC_Decomposer:
         sensitivity:str|None=None, # With `budget` and a data-aware method, how layers' errors are weighed: 'jacobian' (default), 'measured' or 'spectrum' (see the Sensitivity page)
         weigh_outputs:bool|None=None, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward); default False
         n_batches:int|None=None, # With a data-aware method, calibrate on at most this many batches of `data`
+        distributed:bool|None=None, # With a data-aware method, sum the calibration over the processes of the initialised `torch.distributed` group, each passing its own share of `data`: every process gets the model one process would get on all of it ([distributed calibration](distributed.html)); default False
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
         recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
     ):
@@ -334,6 +338,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Mod
         if self.method == 'whiten':
             with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats, v).to(pair[1].bias)
     if note: r.reason = note
+    if self.distributed: broadcast_(*pair.parameters())   # rank 0's factors in every process, whatever its hardware rounded
     return swap_module(res, old, pair)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #2b9a0dd6
@@ -343,7 +348,7 @@ def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
     if not self.uses_data or not rows: return {},[]
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
     n = 1 if self.sequential and not self.spectral else self.n_batches   # sequential calibration only needs the order from this pass
-    stats,order = collect_stats(model, {r.name:r.lin for r in rows}, data, n, moments=self.spectral or not self.sequential)
+    stats,order = collect_stats(model, {r.name:r.lin for r in rows}, data, n, moments=self.spectral or not self.sequential, distributed=self.distributed)
     for r in rows:
         if r.name not in order and n == self.n_batches: raise ValueError(f"layer '{r.name}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
@@ -363,7 +368,7 @@ def _sequential(self:FC_Decomposer,
         return res
     show = self.progress if self.progress is not None else len(rows) > 24
     res,self.refined = sequential_walk(orig, res, list(by_name), data, replace, paired=self.method == 'whiten', n_batches=self.n_batches,
-                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine if refine is None else refine)
+                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine if refine is None else refine, distributed=self.distributed)
     return res
 
 @patch
@@ -389,7 +394,7 @@ def _checked(self:FC_Decomposer,
     for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent))):
         if runs and ks == [r.rank for r in runs['allocation'][1]]: break   # the same ranks: the same model
         res,walked = make(res, ks, 0, bool(runs))
-        runs[how] = (output_distortion(res, orig, data, self.n_batches), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
+        runs[how] = (output_distortion(res, orig, data, self.n_batches, self.distributed), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
     self.check = {how:v[0] for how,v in runs.items()}
     _,walked,layers,self.spectra = runs[closest(self.check)]
     if self.refine: res,walked = make(res, [r.rank for r in walked], self.refine, True)   # the ranks chosen in closed form
@@ -403,9 +408,9 @@ def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
     "`{name: sensitivity}` of the layers of `rows`, by `sensitivity` (empty for 'spectrum': each layer's error relative to its own)"
     layers = {r.name:r.lin for r in rows}
     if self.sensitivity == 'jacobian':   # the mean diagonals of the curvatures, when `weigh_outputs` took them: the same numbers
-        return {n:float(g.diagonal().mean()) for n,g in self.curvature.items()} or jacobian_sensitivity(model, layers, data, self.n_batches)
+        return {n:float(g.diagonal().mean()) for n,g in self.curvature.items()} or jacobian_sensitivity(model, layers, data, self.n_batches, distributed=self.distributed)
     if self.sensitivity == 'measured':
-        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None)
+        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None, self.distributed)
     return {}
 
 def _held(lin:nn.Module)->list[Tensor]:
@@ -418,13 +423,14 @@ def decompose(self:FC_Decomposer,
     data=None, # Calibration data for `method` 'asvd' or 'whiten': a fastai `DataLoaders`/`DataLoader`, a torch `DataLoader`, an iterable of batches, or a tensor
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
+    if self.distributed: group_size()   # a process group must be initialised: fail before any work
     rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r.selected],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
     if data is not None and not self.uses_data:
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
-    self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True) if self.weigh_outputs else {}
+    self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
     later,factors,spectra = not self.sequential or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
     for r in (self._bar(todo) if self.spectral else []):
         f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
@@ -432,6 +438,8 @@ def decompose(self:FC_Decomposer,
         if later: factors[r.name] = f
     self.sensitivities = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
+    if self.distributed:   # rank 0's ranks: spectra that differ in their last bits (on unlike hardware) could pick others
+        for r,(k,why) in zip(todo, from_rank0([(r.rank, r.reason) for r in todo])): r.rank,r.reason = k,why
     checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
     if not checked: todo = [r for r in todo if r.rank]
     factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors} if not self.sequential else {}
