@@ -4,15 +4,16 @@
 
 # %% ../../nbs/misc/surgery.ipynb #de23077f
 from __future__ import annotations
-import sys
+import inspect, sys
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.nn.utils import parametrize
 
 # %% auto #0
-__all__ = ['conv1d_class', 'is_conv1d', 'LowRankLinear', 'is_pair', 'is_linear', 'features', 'linear_weight', 'linear_bias',
-           'weight_param', 'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module', 'blocked', 'dropped',
-           'keep_off_fast_path']
+__all__ = ['conv1d_class', 'is_conv1d', 'FactoredWeight', 'LowRankLinear', 'is_pair', 'is_linear', 'features', 'linear_weight',
+           'linear_bias', 'weight_param', 'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module', 'blocked',
+           'dropped', 'keep_off_fast_path']
 
 # %% ../../nbs/misc/surgery.ipynb #7a4c3822
 def conv1d_class()->type|None:
@@ -25,7 +26,62 @@ def is_conv1d(m:nn.Module, # Module checked
     c = conv1d_class()
     return c is not None and isinstance(m, c)
 
+# %% ../../nbs/misc/surgery.ipynb #f3a1c0de
+_META = {'dtype', 'shape', 'device', 'ndim', 'layout', 'requires_grad', 'is_cuda', 'is_cpu', 'is_meta', 'is_sparse',
+         'is_quantized', 'is_nested', 'itemsize', 'size', 'dim', 'numel', 'is_floating_point', 'is_complex', 'element_size', 'get_device'}
+
+class FactoredWeight(Tensor):
+    "The weight `B A` of a factorised layer, formed only for the ops that need its values: `F.linear` runs as two thin products"
+    @staticmethod
+    def __new__(cls,
+        a:Tensor, # First factor, `k` x `n`
+        b:Tensor, # Second factor, `m` x `k`
+        flip:bool=False, # Whether it stands for `(B A)ᵀ`, `n` x `m` (a `Conv1D`'s layout)
+    ):
+        shape = (a.shape[1], b.shape[0]) if flip else (b.shape[0], a.shape[1])
+        return Tensor._make_wrapper_subclass(cls, shape, dtype=a.dtype, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
+    def __init__(self, a, b, flip=False): self.a,self.b,self.flip = a,b,flip
+    def __repr__(self): return f"FactoredWeight({self.dense()!r})"
+
+    def dense(self)->Tensor:
+        "The product itself, as a plain tensor"
+        w = self.b @ self.a
+        return w.T if self.flip else w
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(getattr(func, '__self__', func), '__name__', None) in _META:   # metadata: the wrapper has it
+            with torch._C.DisableTorchFunctionSubclass(): return func(*args, **kwargs)
+        if func is F.linear:
+            x,w,bias = (*args, *[None]*3)[:3]
+            w,bias = kwargs.get('weight', w),kwargs.get('bias', bias)
+            if isinstance(w, FactoredWeight) and not w.flip and not isinstance(x, FactoredWeight):
+                return F.linear(F.linear(x, w.a), w.b, bias)
+        if func is F.multi_head_attention_forward:
+            call = inspect.signature(func).bind(*args, **kwargs)
+            w,bias = call.arguments['out_proj_weight'],call.arguments['out_proj_bias']
+            if isinstance(w, FactoredWeight) and not w.flip:
+                call.arguments.update(out_proj_weight=w.a, out_proj_bias=None)
+                out,attn = func(*call.args, **call.kwargs)
+                return F.linear(out, w.b, bias),attn
+        dense = lambda o: o.dense() if isinstance(o, FactoredWeight) else o
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*map(dense, args), **{k:dense(v) for k,v in kwargs.items()})
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):   # an op that skipped `__torch_function__`
+        dense = lambda o: o.dense().detach() if isinstance(o, FactoredWeight) else o
+        return func(*map(dense, args), **{k:dense(v) for k,v in (kwargs or {}).items()})
+
 # %% ../../nbs/misc/surgery.ipynb #7eb491dc
+def _tracing()->bool:
+    "Whether the model is being compiled, exported or traced: there a weight must be a plain tensor"
+    fx = sys.modules.get('torch.fx._symbolic_trace')
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or bool(fx and fx.is_fx_symbolic_tracing())
+
+def _hooked(m:nn.Module)->bool: return type(m) is not nn.Linear or bool(m._forward_hooks or m._forward_pre_hooks)
+
 class LowRankLinear(nn.Sequential):
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `B A x + b`, that still answers what code reads off the layer it replaced"
     def __init__(self,
@@ -35,6 +91,12 @@ class LowRankLinear(nn.Sequential):
     ):
         super().__init__(first, second)
         self.fan_in_fan_out = fan_in_fan_out
+
+    def forward(self, x:Tensor)->Tensor:
+        "`B (A x) + b`: the two products called directly (through the layers, when they are hooked or replaced)"
+        a,b = self
+        if _hooked(a) or _hooked(b): return super().forward(x)
+        return F.linear(F.linear(x, a.weight), b.weight, b.bias)
 
     def _get_name(self): return 'Sequential'   # it prints as the pair it is
     @property
@@ -47,9 +109,9 @@ class LowRankLinear(nn.Sequential):
     def bias(self)->Tensor|None: return self[1].bias
     @property
     def weight(self)->Tensor:
-        "The product of the factors, `m` x `n` (`n` x `m` for a `Conv1D`), formed at each read: gradients reach the factors"
-        w = self[1].weight @ self[0].weight
-        return w.T if self.fan_in_fan_out else w
+        "`B A`, `m` x `n` (`n` x `m` for a `Conv1D`): a `FactoredWeight`, the plain product when compiling or tracing; gradients reach the factors"
+        w = FactoredWeight(self[0].weight, self[1].weight, self.fan_in_fan_out)
+        return w.dense() if _tracing() else w
 
 # %% ../../nbs/misc/surgery.ipynb #795921d6
 def is_pair(m:nn.Module, # Module checked
