@@ -27,6 +27,11 @@ def is_conv1d(m:nn.Module, # Module checked
     return c is not None and isinstance(m, c)
 
 # %% ../../nbs/misc/surgery.ipynb #f3a1c0de
+def _column_major(t:Tensor, # A matrix
+                )->Tensor:
+    "`t` with the same shape and values, stored column by column (`t.T` contiguous): no copy when it already is"
+    return t.T.contiguous().T
+
 _META = {'dtype', 'shape', 'device', 'ndim', 'layout', 'requires_grad', 'is_cuda', 'is_cpu', 'is_meta', 'is_sparse',
          'is_quantized', 'is_nested', 'itemsize', 'size', 'dim', 'numel', 'is_floating_point', 'is_complex', 'element_size', 'get_device'}
 
@@ -82,6 +87,11 @@ def _tracing()->bool:
 
 def _hooked(m:nn.Module)->bool: return type(m) is not nn.Linear or bool(m._forward_hooks or m._forward_pre_hooks)
 
+def _relayout(pair, incompatible):
+    "After `load_state_dict`, which may assign a row-major `B`: stored column by column again"
+    w = pair[1].weight
+    if not w.is_meta and not w.T.is_contiguous(): pair[1].weight = nn.Parameter(_column_major(w.detach()), w.requires_grad)
+
 class LowRankLinear(nn.Sequential):
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `B A x + b`, that still answers what code reads off the layer it replaced"
     def __init__(self,
@@ -91,6 +101,7 @@ class LowRankLinear(nn.Sequential):
     ):
         super().__init__(first, second)
         self.fan_in_fan_out = fan_in_fan_out
+        self.register_load_state_dict_post_hook(_relayout)
 
     def forward(self, x:Tensor)->Tensor:
         "`B (A x) + b`: the two products called directly (through the layers, when they are hooked or replaced)"
@@ -160,6 +171,7 @@ def linear_pair(layer:nn.Module, # Layer replaced (`is_linear`): gives the shape
     kw = dict(device=w.device, dtype=w.dtype)
     flip = is_conv1d(layer) or getattr(layer, 'fan_in_fan_out', False)
     pair = LowRankLinear(nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw), nn.utils.skip_init(nn.Linear, k, m, **kw), flip)
+    pair[1].weight = nn.Parameter(_column_major(pair[1].weight))
     return pair.train(layer.training).requires_grad_(w.requires_grad)
 
 # %% ../../nbs/misc/surgery.ipynb #6e1a4ab8
@@ -169,7 +181,7 @@ def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n
                    )->LowRankLinear:
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `b @ a @ x + bias`"
     pair,w,bias = linear_pair(layer, a.shape[0]),weight_param(layer),linear_bias(layer)
-    for l,f in zip(pair, (a, b)): l.weight = nn.Parameter(f.detach().to(w.device, w.dtype).contiguous(), w.requires_grad)
+    for l,f,lay in zip(pair, (a, b), (Tensor.contiguous, _column_major)): l.weight = nn.Parameter(lay(f.detach().to(w.device, w.dtype)), w.requires_grad)
     with torch.no_grad():
         if bias is None: pair[1].bias.zero_()
         else: pair[1].bias.copy_(bias)
