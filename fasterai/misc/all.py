@@ -6,7 +6,7 @@
 __all__ = []
 
 # %% ../../nbs/misc/all.ipynb #ed695661
-from . import calibration, demo, fast_svd, fc_decomposer, huggingface, learner, refinement, sensitivity, sequential, surgery
+from . import calibration, demo, fast_svd, fc_decomposer, huggingface, learner, refinement, sensitivity, sequential, speed, surgery
 from .calibration import *
 from .demo import *
 from .fast_svd import *
@@ -16,8 +16,10 @@ from .learner import *
 from .refinement import *
 from .sensitivity import *
 from .sequential import *
+from .speed import *
 from .surgery import *
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
 __all__ = [*calibration.__all__, *demo.__all__, *fast_svd.__all__, *fc_decomposer.__all__, *huggingface.__all__, *learner.__all__,
-           *refinement.__all__, *sensitivity.__all__, *sequential.__all__, *surgery.__all__]
+           *refinement.__all__, *sensitivity.__all__, *sequential.__all__, *speed.__all__,
+           *surgery.__all__]
