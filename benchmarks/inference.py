@@ -121,7 +121,7 @@ def main(quick=False, save=None, llm_path=None, threads=2, device='cpu', dtypes=
     print(f"## Inference speed, original against decomposed ({where}, torch {torch.__version__.split('+')[0]})\n")
     print(f"| model | setting | dtype | original | {' | '.join(f'{c:.0%} fewer' for c in CUTS)} | {' | '.join(f'speed-up (ideal) at {c:.0%}' for c in CUTS)} |")
     print(f"|---|---|---|---|{'---|'*2*len(CUTS)}")
-    rows = []
+    rows,info = [],dict(device=where, torch=torch.__version__.split('+')[0], quick=quick, cuts=list(CUTS))
     for model,orig,prefix,settings in cases(quick, llm_path, device):
         models,last = {'original': orig},orig
         for c in CUTS: last = models[f'{c:.0%}'] = decompose(last, uniform_ranks(orig, prefix, c))   # the last cut's factors truncated: the same SVD
@@ -134,10 +134,8 @@ def main(quick=False, save=None, llm_path=None, threads=2, device='cpu', dtypes=
                 rows.append(dict(model=model, setting=setting, dtype=dt, unit=unit, rate=rate, speedup=sp, ideal=ideal, rounds=n_rounds))
                 print(f"| {model} | {setting} | {dt} | {rate['original']:,.1f} {unit} | " + ' | '.join(f"{rate[k]:,.1f}" for k in sp) + ' | '
                       + ' | '.join(f"{sp[k]:.2f}x ({ideal[k]:.2f}x)" for k in sp) + ' |', flush=True)
+                if save: pathlib.Path(save).write_text(json.dumps(dict(info=info, rows=rows), indent=1))   # row by row: a long run keeps what it measured
         del models
-    if save:
-        info = dict(device=where, torch=torch.__version__.split('+')[0], quick=quick, cuts=list(CUTS))
-        pathlib.Path(save).write_text(json.dumps(dict(info=info, rows=rows), indent=1))
     return rows
 
 if __name__ == '__main__':
