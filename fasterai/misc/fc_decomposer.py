@@ -296,7 +296,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
     lr = lr or self._svd(old, stats, k if reuse else None, self.output_weights.get(r['name']))
     a,b = lr.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
-    pair,note = low_rank_linear(a, b, old),dropped(old)
+    pair,note = low_rank_linear(a, b, old, overwrite=reuse),dropped(old)
     r['energy_kept'],r['rel_error'] = truncation_error(lr.s, k)
     self.spectra[r['name']] = lr.s.cpu()
     r['params_after'] = factored_params(r['out_features'], r['in_features'], k)

@@ -28,9 +28,12 @@ def is_conv1d(m:nn.Module, # Module checked
 
 # %% ../../nbs/misc/surgery.ipynb #f3a1c0de
 def _column_major(t:Tensor, # A matrix
-                )->Tensor:
+                  overwrite:bool=False, # Whether `t`'s own memory may take the new layout (`t` then reads transposed)
+                 )->Tensor:
     "`t` with the same shape and values, stored column by column (`t.T` contiguous): no copy when it already is"
-    return t.T.contiguous().T
+    if t.T.is_contiguous(): return t
+    if not (overwrite and t.is_contiguous()): return t.T.contiguous().T
+    return t.view(t.shape[1], t.shape[0]).copy_(t.clone().T).T
 
 _META = {'dtype', 'shape', 'device', 'ndim', 'layout', 'requires_grad', 'is_cuda', 'is_cpu', 'is_meta', 'is_sparse',
          'is_quantized', 'is_nested', 'itemsize', 'size', 'dim', 'numel', 'is_floating_point', 'is_complex', 'element_size', 'get_device'}
@@ -178,10 +181,12 @@ def linear_pair(layer:nn.Module, # Layer replaced (`is_linear`): gives the shape
 def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n, k, bias=False)`
                     b:Tensor, # Second factor, `m` x `k`: the weight of `Linear(k, m)`
                     layer:nn.Module, # Layer replaced (`is_linear`): gives the bias (zeros if it has none), device, dtype and mode
+                    overwrite:bool=False, # Whether `b`'s memory may be rewritten column by column (no copy of a row-major `b`; `b` then reads transposed)
                    )->LowRankLinear:
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `b @ a @ x + bias`"
     pair,w,bias = linear_pair(layer, a.shape[0]),weight_param(layer),linear_bias(layer)
-    for l,f,lay in zip(pair, (a, b), (Tensor.contiguous, _column_major)): l.weight = nn.Parameter(lay(f.detach().to(w.device, w.dtype)), w.requires_grad)
+    lays = (Tensor.contiguous, lambda t: _column_major(t, overwrite))
+    for l,f,lay in zip(pair, (a, b), lays): l.weight = nn.Parameter(lay(f.detach().to(w.device, w.dtype)), w.requires_grad)
     with torch.no_grad():
         if bias is None: pair[1].bias.zero_()
         else: pair[1].bias.copy_(bias)
