@@ -35,7 +35,7 @@ def parser()->argparse.ArgumentParser:
     g.add_argument('--rank', type=int, help='rank kept in every layer')
     g.add_argument('--budget', type=float, help="fraction of the selected layers' parameters kept in total, spent where it costs least")
     g.add_argument('--param-ratio', type=float, help="fraction of each selected layer's parameters kept (0.8: 20%% compression)")
-    d.add_argument('--recipe', help="a named setting: fast, vision_head, sentence_encoder or causal_lm (the other flags override it)")
+    d.add_argument('--recipe', help="a named setting: fast, speed, vision_head, sentence_encoder or causal_lm (the other flags override it)")
     d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), help='svd (default), or a data-aware method, which needs --calib')
     d.add_argument('--sequential', action='store_true', default=None, help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
     d.add_argument('--refine', type=int, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
@@ -50,6 +50,8 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--layers', nargs='+', metavar='PATTERN', help='only these layers (names or globs)')
     d.add_argument('--exclude', nargs='+', metavar='PATTERN', help='never these layers (names or globs)')
     d.add_argument('--skip-unprofitable', action='store_true', default=None, help='leave layers that would not shrink')
+    d.add_argument('--faster-at', type=int, metavar='ROWS', help='leave layers whose pair does not run faster on ROWS input rows (1: decoding), timed here')
+    d.add_argument('--rank-multiple', type=int, help='round each rank down to a multiple of this')
     d.add_argument('--force', action='store_true', help='overwrite OUTPUT if it exists')
     m = sub.add_parser('demo', help='offline demo on scikit-learn digits', description='Train, decompose and fine-tune on digits, offline')
     m.add_argument('--epochs', type=int, default=5, help='training epochs of the original model')
@@ -119,7 +121,7 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
 FLAGS = dict(rank_ratio='--rank-ratio', energy_threshold='--energy', rank='--rank', budget='--budget', param_ratio='--param-ratio',
              recipe='--recipe', method='--method', sequential='--sequential', refine='--refine', weigh_outputs='--weigh-outputs',
              sensitivity='--sensitivity', n_batches='--n-batches', layers='--layers', exclude='--exclude',
-             skip_unprofitable='--skip-unprofitable') # `FC_Decomposer`'s options, and the flags that set them
+             skip_unprofitable='--skip-unprofitable', faster_at='--faster-at', rank_multiple='--rank-multiple') # `FC_Decomposer`'s options, and the flags that set them
 
 def flag(name:str, # An option of `FC_Decomposer`
          value, # Its value, or `...` for the option alone

@@ -17,8 +17,9 @@ from .fast_svd import FactorSVD, LowRankSVD
 from .ranks import allocate_budget, even_ranks, factored_params, rank_from_energy, rank_from_params, rank_from_ratio, truncation_error
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
+from .speed import faster_as_pair, round_rank
 from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
-    linear_weight, low_rank_linear, named_linears, swap_module)
+    linear_weight, low_rank_linear, named_linears, swap_module, weight_param)
 from torch import nn, Tensor
 
 # %% auto #0
@@ -65,6 +66,7 @@ POLICIES = ('rank_ratio', 'energy_threshold', 'rank', 'budget', 'param_ratio') #
 DEFAULTS = dict(skip_unprofitable=False, method='svd', sequential=False, refine=0, weigh_outputs=False, distributed=False) # What an option left out is
 RECIPES = dict( # Named settings: the options each stands for
     fast=dict(method='svd'),
+    speed=dict(param_ratio=0.6, method='whiten', faster_at=1),
     vision_head=dict(param_ratio=0.5, method='whiten'),
     sentence_encoder=dict(param_ratio=0.5, method='whiten', sequential=True, weigh_outputs=True),
     causal_lm=dict(budget=0.8, method='whiten', sequential=True, weigh_outputs=True),
@@ -117,6 +119,8 @@ def check_options(o:dict, # Every option's value, as `resolve_options` gives the
         if s not in ('jacobian', 'measured', 'spectrum'): raise OptionError(f"{{}} must be 'jacobian', 'measured' or 'spectrum', got {s!r}", ('sensitivity', ...))
         if o.get('budget') is None: raise OptionError("{} weighs how a {} is spent: give a budget, or leave sensitivity out", ('sensitivity', s), ('budget', ...))
         if not data and s != 'spectrum': raise OptionError("{} is measured on data, which {} does not use: choose {}", ('sensitivity', s), ('method', method), ('method', 'whiten'))
+    for k in ('faster_at', 'rank_multiple'):
+        if o.get(k) is not None: as_rank(o[k], k)
     nb = o.get('n_batches')
     if nb is not None:
         as_rank(nb, 'n_batches')
@@ -188,6 +192,8 @@ class FC_Decomposer:
         layers:list|None=None, # Only these layers: names, globs or module classes (default: every linear layer)
         exclude:list|None=None, # Never these layers: names, globs or module classes
         skip_unprofitable:bool|None=None, # Leave a layer as it is when its pair would not have fewer parameters (default False)
+        faster_at:int|None=None, # Leave a layer as it is when its pair does not run 1.1x as fast on this many input rows (1: decoding a token, one image; batch x sequence for an encoder), timed on this machine ([speed](speed.html))
+        rank_multiple:int|None=None, # Round each rank down to a multiple of this (8 or 16 for GPU tensor cores); a smaller rank is kept
         inplace:bool=False, # Rewrite and return the model given, without copying it first; weights nothing else holds lend their memory to the factors
         method:str|None=None, # 'svd' (default): weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
         sequential:bool|None=None, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs); default False
@@ -198,7 +204,7 @@ class FC_Decomposer:
         n_batches:int|None=None, # With a data-aware method, calibrate on at most this many batches of `data`
         distributed:bool|None=None, # With a data-aware method, sum the calibration over the processes of the initialised `torch.distributed` group, each passing its own share of `data`: every process gets the model one process would get on all of it ([distributed calibration](distributed.html)); default False
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
-        recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
+        recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'speed', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
     ):
         given = {k:v for k,v in locals().items() if k not in ('self', 'recipe', 'inplace', 'progress')}
         o = resolve_options(recipe, given)
@@ -260,6 +266,11 @@ def _explicit_rank(self:FC_Decomposer, model, name)->int:
     if not isinstance(self.rank, dict): return self.rank
     return next(k for p,k in self.rank.items() if matches(p, model, name))
 
+def _where(lin:nn.Module)->tuple:
+    "`(dtype, device)` a layer runs in, as `faster_as_pair` takes them"
+    w = weight_param(lin)
+    return w.dtype,str(w.device)
+
 @patch
 def _choose_ranks(self:FC_Decomposer, model, rows:list[LayerPlan], spectra:dict):
     "Set each plan's `rank` by the policy chosen, from its spectrum in `spectra` (`{name: singular values}`) where the policy needs one"
@@ -278,9 +289,12 @@ def _choose_ranks(self:FC_Decomposer, model, rows:list[LayerPlan], spectra:dict)
             k = self._explicit_rank(model, r.name)
             if k > min(m, n): r.reason,k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
         else: k = rank_from_ratio(m, n, self.rank_ratio)
+        if self.rank_multiple: k = round_rank(k, self.rank_multiple)
         if is_pair(r.lin) and k >= r.top: r.reason = f"already at rank {r.top}"
         elif self.skip_unprofitable and factored_params(m, n, k) >= r.params_before:
             r.reason = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r.params_before:,}"
+        elif self.faster_at and not faster_as_pair(m, n, k, self.faster_at, *_where(r.lin)):
+            r.reason = f"not faster as a pair of rank {k} on {self.faster_at} row(s)"
         else: r.rank = k
 
 @patch
@@ -325,7 +339,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Mod
     fac = fac or self._svd(old, stats, k if reuse else None, self.curvature.get(r.name))
     a,b = fac.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
-    pair,note = low_rank_linear(a, b, old),dropped(old)
+    pair,note = low_rank_linear(a, b, old, overwrite=reuse),dropped(old)
     r.energy_kept,r.rel_error = truncation_error(fac.s, k)
     self.spectra[r.name] = fac.s.cpu()
     r.params_after = factored_params(r.out_features, r.in_features, k)
