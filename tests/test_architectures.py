@@ -15,11 +15,13 @@ def check_full_rank(model, *args, atol=1e-4, **kwargs):
     torch.testing.assert_close(b, a, atol=atol, rtol=1e-4)
     return fc,new
 
+@pytest.mark.slow
 def test_vgg16_bn_full_rank():
     torch.manual_seed(0)
     fc,_ = check_full_rank(vgg16_bn(num_classes=2).eval(), torch.randn(2, 3, 32, 32))
     assert fc.ranks == {'classifier.0': 4096, 'classifier.3': 4096, 'classifier.6': 2}
 
+@pytest.mark.slow
 def test_vgg16_bn_skip_unprofitable():
     "The 4096x4096 layer at rank 2048 saves nothing: skip_unprofitable leaves it, and computes no SVD for it"
     fc = FC_Decomposer(skip_unprofitable=True, layers=["classifier.3", "classifier.6"], progress=False)

@@ -1,5 +1,6 @@
 "The installed `fasterai-fc` console script, run as users run it: a fastai export, calibration data, errors, the demo."
 import hashlib, subprocess, sys
+import pytest
 from pathlib import Path
 import torch
 from torch import nn
@@ -51,6 +52,7 @@ def test_errors_are_one_line_and_touch_nothing(tmp_path):
     assert {p:digest(p) for p in before} == before
     assert not (tmp_path/'o.pt').exists() and not (tmp_path/'o.pkl').exists()
 
+@pytest.mark.slow
 def test_demo_runs_offline():
     r = cli('demo', '--epochs', '2', '--ratios', '0.25')
     assert r.returncode == 0, r.stderr

@@ -17,6 +17,8 @@ import os, socket
 import pytest, torch, torch.multiprocessing as mp
 from torch import nn
 
+pytestmark = pytest.mark.slow   # over a minute on two CPU cores: `pytest -m 'not slow'` leaves it out
+
 CASES = dict( # name: (FC_Decomposer options, model, dtype, which batches each process reads)
     budget=(dict(method='whiten', budget=0.5), 'llama', torch.float64, 'shard'), # independent statistics, jacobian sensitivities, the check
     measured=(dict(method='whiten', budget=0.5, sensitivity='measured'), 'llama', torch.float64, 'shard'),

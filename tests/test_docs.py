@@ -14,7 +14,8 @@ import pytest, yaml
 
 root = Path(__file__).parents[1]
 chromium = shutil.which('chromium') or '/usr/bin/chromium'
-pytestmark = pytest.mark.skipif(not Path(chromium).exists() and not os.environ.get('CI'), reason='Debian chromium not installed (.ci/run installs it)')
+pytestmark = [pytest.mark.slow,   # over a minute on two CPU cores: `pytest -m 'not slow'` leaves it out
+              pytest.mark.skipif(not Path(chromium).exists() and not os.environ.get('CI'), reason='Debian chromium not installed (.ci/run installs it)')]
 FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync']
 shots = root/'_site_check'

@@ -3,6 +3,8 @@ import pytest, torch
 from torchvision.models import vgg16_bn
 from fasterai.misc.all import *
 
+pytestmark = pytest.mark.slow   # over a minute on two CPU cores: `pytest -m 'not slow'` leaves it out
+
 def n_params(m): return sum(p.numel() for p in m.parameters())
 
 @pytest.fixture(scope='module')
