@@ -6,8 +6,9 @@
 __all__ = []
 
 # %% ../../nbs/misc/all.ipynb #ed695661
-from . import calibration, demo, fast_svd, fc_decomposer, huggingface, learner, refinement, sensitivity, sequential, surgery
+from . import calibration, causal_lm, demo, fast_svd, fc_decomposer, huggingface, learner, refinement, sensitivity, sequential, surgery
 from .calibration import *
+from .causal_lm import *
 from .demo import *
 from .fast_svd import *
 from .fc_decomposer import *
@@ -19,5 +20,5 @@ from .sequential import *
 from .surgery import *
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
-__all__ = [*calibration.__all__, *demo.__all__, *fast_svd.__all__, *fc_decomposer.__all__, *huggingface.__all__, *learner.__all__,
+__all__ = [*calibration.__all__, *causal_lm.__all__, *demo.__all__, *fast_svd.__all__, *fc_decomposer.__all__, *huggingface.__all__, *learner.__all__,
            *refinement.__all__, *sensitivity.__all__, *sequential.__all__, *surgery.__all__]
