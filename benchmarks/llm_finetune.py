@@ -65,11 +65,9 @@ def data(quick):
     return model,ids['train'],ids['held'],"SmolLM2-135M-Instruct"
 
 def decomposer(model, cut):
-    "The closed form each decomposed run starts from: the parameters uniform ranks keep at `cut`, spent by the weighed sequential budget"
-    from fasterai.misc.all import FC_Decomposer, factored_params
-    r = clm.ranks(model, cut)
-    keep = sum(factored_params(l.out_features, l.in_features, k) for n,k in r.items() for l in [model.get_submodule(n)])/clm.decoder_params(model)
-    return FC_Decomposer(budget=keep, method='whiten', sequential=True, weigh_outputs=True, layers=['model.layers.*'], progress=False)
+    "The closed form each decomposed run starts from: uniform ranks that cut every decoder Linear by `cut`, sequential whitening"
+    from fasterai.misc.all import FC_Decomposer
+    return FC_Decomposer(rank=clm.ranks(model, cut), method='whiten', sequential=True, layers=['model.layers.*'], progress=False)
 
 def decomposed(model, cut, calib, key):
     "`model` decomposed at `cut` by `decomposer`, from the cache when it is there (keyed by the model, the cut and the options), with the seconds it took"
@@ -116,17 +114,19 @@ def learner(model, mode, dls):
     return learn
 
 def clock():
-    "`fastai` callback: each step's CPU time over the threads (the time on unshared cores) and its wall time; the held-out perplexity at `at` steps"
+    "`fastai` callback: each step's time on unshared cores and its wall time; the held-out perplexity at `at` steps"
     from fastai.callback.core import Callback
     class Clock(Callback):
+        "A step's time alone on the cores: the CPU time of the main thread, which does the serial work and its share of the parallel (or the process's over its threads, if more)"
         order = 90
         def __init__(self, eval_w, at): self.eval_w,self.at,self.cpu,self.wall,self.ppl = eval_w,at,[],[],{}
         def before_fit(self): self.ppl[0] = perplexity(self.model, self.eval_w)
         def before_batch(self):
-            if self.training: self.t = time.process_time(),time.perf_counter()
+            if self.training: self.t = time.thread_time(),time.process_time(),time.perf_counter()
         def after_batch(self):
             if not self.training: return
-            self.cpu.append((time.process_time() - self.t[0])/torch.get_num_threads()); self.wall.append(time.perf_counter() - self.t[1])
+            main,proc = time.thread_time() - self.t[0],(time.process_time() - self.t[1])/torch.get_num_threads()
+            self.cpu.append(max(main, proc)); self.wall.append(time.perf_counter() - self.t[2])
             if self.iter + 1 in self.at: self.ppl[self.iter + 1] = perplexity(self.model, self.eval_w)
     return Clock
 
@@ -142,7 +142,26 @@ def run(model, mode, train_w, eval_w, cfg, steps):
     clk.ppl[steps] = float(learn.recorder.values[-1][2])   # fastai's validation: the same windows, the same perplexity
     return dict(steps=sorted(clk.ppl), ppl=[clk.ppl[k] for k in sorted(clk.ppl)], s_per_step=statistics.median(clk.cpu), wall_per_step=statistics.median(clk.wall), trained=n_train)
 
-def main(quick=False, save=None, runs=None, steps=None):
+def plot(res, path):
+    "Held-out perplexity against minutes of fine-tuning, a line per run (colour: the cut; style: what trains), the targets dotted"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig,ax = plt.subplots(figsize=(7, 4.5))
+    style = dict(factors='-', all='--', lora=':')
+    for r,o in res['runs'].items():
+        c,mode = r.split(':')
+        mins = [k*o['s_per_step']/60 for k in o['steps']]
+        col = 'k' if float(c) == 0 else f"C{int(float(c)*5)-1}"
+        ax.plot(mins, o['ppl'], style[mode], color=col, marker='o', ms=3, label='original, all' if float(c) == 0 else f"{float(c):.0%} fewer, {mode}")
+    ref = res['runs'].get('0:all')
+    if ref:
+        for t,col in ((1.15, 'C0'), (1.4, 'C1')): ax.axhline(t*ref['ppl'][-1], color=col, lw=0.8, ls=':')
+    ax.set(xlabel='minutes of fine-tuning (2 cores, unshared)', ylabel='held-out perplexity', yscale='log',
+           title=res['model'])
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout(); fig.savefig(path, dpi=120)
+
+def main(quick=False, save=None, runs=None, steps=None, plot_to=None):
     import transformers; transformers.utils.logging.disable_progress_bar()
     cfg = QUICK if quick else FULL
     torch.set_num_threads(cfg['threads']); torch.manual_seed(0)
@@ -161,6 +180,8 @@ def main(quick=False, save=None, runs=None, steps=None):
         probe = run(copy.deepcopy(model), 'all', all_w[:4*cfg['bs']], eval_w[:8], cfg, 4)
         steps = int(cfg['minutes']*60/probe['s_per_step'])
         res['probe_s_per_step'] = probe['s_per_step']
+        print(f"The reference's training: {probe['s_per_step']:.2f} s a step on unshared cores ({probe['wall_per_step']:.2f} s wall here): "
+              f"{cfg['minutes']} minutes are {steps} steps.", flush=True)
     res['steps'] = steps
     assert steps*cfg['bs'] <= len(all_w) - cfg['n_calib'], "not enough training windows"
     train_w = all_w[:steps*cfg['bs']]
@@ -170,6 +191,7 @@ def main(quick=False, save=None, runs=None, steps=None):
     print("| cut | trained | parameters trained | perplexity at 0, 1/4, 1/2, 3/4 and all of the steps | after / reference | minutes (s/step) |\n|---|---|---|---|---|---|", flush=True)
     for r in runs:
         c,mode = r.split(':'); cut = float(c)
+        if r in res['runs'] and res['runs'][r]['steps'][-1] == steps: print(f"| {cut:.0%} | {mode} | (done: in {save}) | | | |"); continue
         if mode == 'lora':
             try: import peft
             except ImportError: print(f"| {cut:.0%} | lora | (peft is not installed) | | | |"); continue
@@ -182,12 +204,14 @@ def main(quick=False, save=None, runs=None, steps=None):
         print(f"| {cut:.0%} | {mode} | {out['trained']:,} | {' / '.join(f'{v:.2f}' for v in p)} | {ratio} | "
               f"{steps*out['s_per_step']/60:.1f} ({out['s_per_step']:.2f}) |", flush=True)
         if save: pathlib.Path(save).write_text(json.dumps(res, indent=1))
+    if plot_to: plot(res, plot_to)
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='a tiny model trained in seconds (what CI runs)')
-    ap.add_argument('--save', help='write the results to this JSON file after each run (and read the runs done from it)')
+    ap.add_argument('--save', help='write the results to this JSON file after each run; runs it holds (same steps) are not run again')
     ap.add_argument('--runs', nargs='*', help="runs as 'cut:mode', cut 0 for the original, mode factors, all or lora (default: all of them)")
     ap.add_argument('--steps', type=int, help='optimizer steps of each run (default: 15 minutes of the reference, timed first)')
+    ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
     a = ap.parse_args()
-    main(a.quick, a.save, a.runs, a.steps)
+    main(a.quick, a.save, a.runs, a.steps, a.plot)

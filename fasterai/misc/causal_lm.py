@@ -72,6 +72,7 @@ class LogitsCallback(Callback):
     "Hand the loss and metrics the `logits` of a `transformers` model's output (a model that returns a tensor is left alone)"
     order = 0 # Before `MixedPrecision` (10), which casts the prediction to float
     def after_pred(self):
+        "Replace the prediction by its `logits`, when it has them"
         if hasattr(self.pred, 'logits'): self.learn.pred = self.pred.logits
 
 # %% ../../nbs/misc/causal_lm.ipynb #68eba578
