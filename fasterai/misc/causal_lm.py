@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import partial
 import torch
 from torch import nn, Tensor
+import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
@@ -17,7 +18,8 @@ from fastcore.meta import delegates
 from .surgery import is_pair
 
 # %% auto #0
-__all__ = ['token_ids', 'TokenWindows', 'causal_lm_dls', 'LogitsCallback', 'is_norm', 'factors_splitter', 'causal_lm_learner']
+__all__ = ['token_ids', 'TokenWindows', 'causal_lm_dls', 'LogitsCallback', 'is_norm', 'factors_splitter', 'causal_lm_learner',
+           'distill_loss', 'DistillCallback']
 
 # %% ../../nbs/misc/causal_lm.ipynb #0acdb73f
 def token_ids(texts:list[str], # Documents
@@ -105,3 +107,34 @@ def causal_lm_learner(dls:DataLoaders, # Token windows and their targets, e.g. f
                     splitter=partial(factors_splitter, norms=norms), train_bn=norms, **kwargs)
     learn.freeze()
     return learn
+
+# %% ../../nbs/misc/causal_lm.ipynb #9a772af0
+def distill_loss(pred:Tensor, # The model's logits, `(..., vocab)`
+                 teacher:Tensor, # The teacher's logits, the same shape
+                )->Tensor:
+    "Mean over positions of KL(teacher ‖ model) between their next-token distributions (computed in float32)"
+    p,q = F.log_softmax(teacher.float(), -1),F.log_softmax(pred.float(), -1)
+    return F.kl_div(q.flatten(0, -2), p.flatten(0, -2), log_target=True, reduction='batchmean')
+
+class DistillCallback(Callback):
+    "Train towards `teacher`'s next-token distributions: the training loss is `alpha` x `distill_loss` + `(1 - alpha)` x the Learner's loss"
+    order = 1 # After `LogitsCallback`, before `MixedPrecision` leaves its autocast
+    def __init__(self,
+        teacher:nn.Module, # The model distilled from, e.g. the original before decomposition; put in eval mode, never trained
+        alpha:float=1.0, # Weight of the distillation loss; the text's cross-entropy gets the rest
+    ):
+        if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        self.teacher,self.alpha = teacher.eval().requires_grad_(False),alpha
+
+    def after_pred(self):
+        "The teacher's logits on the same batch, without gradients"
+        if not self.training: return
+        with torch.no_grad(): out = self.teacher(*self.xb)
+        self.logits = getattr(out, 'logits', out)
+
+    def after_loss(self):
+        "Mix the distillation loss into the training loss"
+        if not self.training: return
+        kl,self.logits = distill_loss(self.pred, self.logits),None
+        self.learn.loss_grad = self.alpha*kl + (1 - self.alpha)*self.loss_grad
+        self.learn.loss = self.learn.loss_grad.detach().clone()
