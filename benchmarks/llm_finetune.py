@@ -28,8 +28,8 @@ import torch
 import causal_lm as clm
 
 GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
-FULL = dict(seq=256, bs=4, n_calib=16, n_eval=32, minutes=15, threads=2, lr=dict(factors=5e-4, all=1e-4, lora=2e-3))
-QUICK = dict(seq=64, bs=8, n_calib=8, n_eval=16, steps=40, threads=2, lr=dict(factors=2e-3, all=1e-3, lora=5e-3))
+FULL = dict(seq=256, bs=4, n_calib=16, n_eval=32, minutes=15, threads=2, lr=dict(factors=5e-4, distil=5e-4, all=1e-4, lora=2e-3))
+QUICK = dict(seq=64, bs=8, n_calib=8, n_eval=16, steps=40, threads=2, lr=dict(factors=2e-3, distil=2e-3, all=1e-3, lora=5e-3))
 
 def cache():
     return pathlib.Path(os.environ.get('FASTERAI_CACHE', pathlib.Path.home()/'.cache'/'fasterai'))
@@ -97,10 +97,10 @@ def lora(model):
     names = [n for n,m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith('model.layers.') and n[-2:] in ('.0', '.1')]
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=names))
 
-def learner(model, mode, dls):
-    "The Learner of a run: the factors train (the default), or all parameters, or the LoRA adapters"
+def learner(model, mode, dls, teacher):
+    "The Learner of a run: the factors train (the default; `distil`: towards `teacher`), or all parameters, or the LoRA adapters"
     from fastai.learner import Learner
-    from fasterai.misc.all import causal_lm_learner
+    from fasterai.misc.all import causal_lm_learner, DistillCallback
     if mode == 'lora':   # PEFT froze all but the adapters: a splitter that keeps it so
         from fastai.losses import CrossEntropyLossFlat
         from fastai.metrics import perplexity as ppl
@@ -109,7 +109,7 @@ def learner(model, mode, dls):
         learn = Learner(dls, lora(model), loss_func=CrossEntropyLossFlat(), metrics=ppl, cbs=LogitsCallback(), splitter=split)
         learn.freeze()
         return learn
-    learn = causal_lm_learner(dls, model)
+    learn = causal_lm_learner(dls, model, cbs=DistillCallback(teacher) if mode == 'distil' else None)
     if mode == 'all': learn.unfreeze()
     return learn
 
@@ -130,15 +130,18 @@ def clock():
             if self.iter + 1 in self.at: self.ppl[self.iter + 1] = perplexity(self.model, self.eval_w)
     return Clock
 
-def run(model, mode, train_w, eval_w, cfg, steps):
+def run(model, mode, train_w, eval_w, cfg, steps, teacher=None):
     "Fine-tune `model` on the windows `train_w` (one epoch of `steps` batches) in `mode`; its perplexity at each quarter of the steps and its time per step"
     from fastai.data.core import DataLoaders
+    train_w = train_w[:steps*cfg['bs']]
     dls = DataLoaders.from_dsets(list(zip(train_w[:, :-1], train_w[:, 1:])), list(zip(eval_w[:, :-1], eval_w[:, 1:])), bs=cfg['bs'], shuffle=False, device='cpu')
-    learn = learner(model, mode, dls)
+    learn = learner(model, mode, dls, teacher)
     n_train = sum(p.numel() for p in learn.model.parameters() if p.requires_grad)
     clk = clock()(eval_w, {steps*i//4 for i in (1, 2, 3)})
     learn.remove_cb(learn.progress)
-    with learn.no_logging(): learn.fit_one_cycle(1, cfg['lr'][mode], cbs=clk)
+    lr = cfg['lr'][mode]
+    if mode == 'all' and len(learn.opt.param_lists[0]): lr = slice(lr, cfg['lr']['factors'])   # decomposed: the factors at their rate, the rest at the reference's
+    with learn.no_logging(): learn.fit_one_cycle(1, lr, cbs=clk)
     clk.ppl[steps] = float(learn.recorder.values[-1][2])   # fastai's validation: the same windows, the same perplexity
     return dict(steps=sorted(clk.ppl), ppl=[clk.ppl[k] for k in sorted(clk.ppl)], s_per_step=statistics.median(clk.cpu), wall_per_step=statistics.median(clk.wall), trained=n_train)
 
@@ -147,7 +150,7 @@ def plot(res, path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig,ax = plt.subplots(figsize=(7, 4.5))
-    style = dict(factors='-', all='--', lora=':')
+    style = dict(factors='-', all='--', lora=':', distil='-.')
     for r,o in res['runs'].items():
         c,mode = r.split(':')
         mins = [k*o['s_per_step']/60 for k in o['steps']]
@@ -177,7 +180,7 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None):
     res.setdefault('runs', {})
     if steps is None: steps = res.get('steps') or cfg.get('steps')
     if steps is None:   # 15 minutes of the reference's training, timed on a few steps of it
-        probe = run(copy.deepcopy(model), 'all', all_w[:4*cfg['bs']], eval_w[:8], cfg, 4)
+        probe = run(copy.deepcopy(model), 'all', all_w, eval_w[:8], cfg, 4)
         steps = int(cfg['minutes']*60/probe['s_per_step'])
         res['probe_s_per_step'] = probe['s_per_step']
         print(f"The reference's training: {probe['s_per_step']:.2f} s a step on unshared cores ({probe['wall_per_step']:.2f} s wall here): "
@@ -187,22 +190,25 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None):
     train_w = all_w[:steps*cfg['bs']]
     print(f"# Fine-tuning {name} after decomposition\n\n{steps} steps of {cfg['bs']} x {seq} training tokens ({steps*cfg['bs']*seq:,} tokens), "
           f"perplexity on {cfg['n_eval']} x {seq} held-out tokens; {cfg['threads']} threads; learning rates {cfg['lr']}.\n", flush=True)
-    runs = runs or ['0:all', *(f'{c}:{m}' for m in ('factors', 'all') for c in (0.2, 0.4, 0.6)), *(f'{c}:lora' for c in (0.2, 0.4, 0.6))]
+    runs = runs or ['0:all', *(f'{c}:{m}' for m in ('factors', 'distil', 'all', 'lora') for c in (0.2, 0.4, 0.6))]
     print("| cut | trained | parameters trained | perplexity at 0, 1/4, 1/2, 3/4 and all of the steps | after / reference | minutes (s/step) |\n|---|---|---|---|---|---|", flush=True)
     for r in runs:
         c,mode = r.split(':'); cut = float(c)
-        if r in res['runs'] and res['runs'][r]['steps'][-1] == steps: print(f"| {cut:.0%} | {mode} | (done: in {save}) | | | |"); continue
+        if r in res['runs'] and res['runs'][r].get('budget', steps) == steps: print(f"| {cut:.0%} | {mode} | (done: in {save}) | | | |"); continue
         if mode == 'lora':
             try: import peft
             except ImportError: print(f"| {cut:.0%} | lora | (peft is not installed) | | | |"); continue
         m,secs = (copy.deepcopy(model),0.) if cut == 0 else decomposed(model, cut, calib, 'quick' if quick else 'smollm2')
-        out = run(m, mode, train_w, eval_w, cfg, steps)
-        out['decompose_s'] = secs
+        n = steps
+        if mode == 'distil' and 'minutes' in cfg:   # the teacher's forward pass makes a step slower than the reference's: fewer steps fit
+            n = min(steps, int(cfg['minutes']*60/run(copy.deepcopy(m), mode, train_w, eval_w[:8], cfg, 4, model)['s_per_step']))
+        out = run(m, mode, train_w, eval_w, cfg, n, model)
+        out['decompose_s'],out['budget'] = secs,steps
         res['runs'][r] = out
         p,ref = out['ppl'],res['runs'].get('0:all')
         ratio = f"{p[-1]/ref['ppl'][-1]:.3f}" if ref else ''
         print(f"| {cut:.0%} | {mode} | {out['trained']:,} | {' / '.join(f'{v:.2f}' for v in p)} | {ratio} | "
-              f"{steps*out['s_per_step']/60:.1f} ({out['s_per_step']:.2f}) |", flush=True)
+              f"{n*out['s_per_step']/60:.1f} ({out['s_per_step']:.2f}) |", flush=True)
         if save: pathlib.Path(save).write_text(json.dumps(res, indent=1))
     if plot_to: plot(res, plot_to)
 
@@ -210,7 +216,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='a tiny model trained in seconds (what CI runs)')
     ap.add_argument('--save', help='write the results to this JSON file after each run; runs it holds (same steps) are not run again')
-    ap.add_argument('--runs', nargs='*', help="runs as 'cut:mode', cut 0 for the original, mode factors, all or lora (default: all of them)")
+    ap.add_argument('--runs', nargs='*', help="runs as 'cut:mode', cut 0 for the original, mode factors, distil (factors, towards the original), all or lora (default: all of them)")
     ap.add_argument('--steps', type=int, help='optimizer steps of each run (default: 15 minutes of the reference, timed first)')
     ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
     a = ap.parse_args()

@@ -130,11 +130,11 @@ class DistillCallback(Callback):
         "The teacher's logits on the same batch, without gradients"
         if not self.training: return
         with torch.no_grad(): out = self.teacher(*self.xb)
-        self.logits = getattr(out, 'logits', out)
+        self._logits = getattr(out, 'logits', out)   # private: a public name would shadow the model's attributes, which the Learner passes on
 
     def after_loss(self):
         "Mix the distillation loss into the training loss"
         if not self.training: return
-        kl,self.logits = distill_loss(self.pred, self.logits),None
+        kl,self._logits = distill_loss(self.pred, self._logits),None
         self.learn.loss_grad = self.alpha*kl + (1 - self.alpha)*self.loss_grad
         self.learn.loss = self.learn.loss_grad.detach().clone()
