@@ -127,7 +127,9 @@ def clock():
             if not self.training: return
             main,proc = time.thread_time() - self.t[0],(time.process_time() - self.t[1])/torch.get_num_threads()
             self.cpu.append(max(main, proc)); self.wall.append(time.perf_counter() - self.t[2])
-            if self.iter + 1 in self.at: self.ppl[self.iter + 1] = perplexity(self.model, self.eval_w)
+            if self.iter + 1 in self.at:
+                self.ppl[self.iter + 1] = perplexity(self.model, self.eval_w)
+                print(f"  step {self.iter + 1}: perplexity {self.ppl[self.iter + 1]:.2f}, {statistics.median(self.cpu):.2f} s a step", file=sys.stderr, flush=True)
     return Clock
 
 def run(model, mode, train_w, eval_w, cfg, steps, teacher=None):
