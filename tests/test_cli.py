@@ -40,8 +40,8 @@ def test_errors_are_one_line_and_touch_nothing(tmp_path):
              (('decompose', src, tmp_path/'taken.pt'), 'exists (use --force'),
              (('decompose', src, tmp_path/'o.pkl', '--energy', '1.5'), '--energy must be a number in (0, 1]'),
              (('decompose', src, tmp_path/'o.pkl', '--rank', '0'), 'rank must be a positive integer'),
-             (('decompose', src, tmp_path/'o.pkl', '--refine', '2'), '--refine 2 refines block by block: add --sequential'),
-             (('decompose', src, tmp_path/'o.pkl', '--weigh-outputs'), "--weigh-outputs weighs whitening's output errors: use --method whiten (not 'svd')"),
+             (('decompose', src, tmp_path/'o.pkl', '--refine', '2'), '--refine 2 refines block by block: set --sequential'),
+             (('decompose', src, tmp_path/'o.pkl', '--weigh-outputs'), "--weigh-outputs weighs whitening's output errors: set --method whiten (not 'svd')"),
              (('decompose', src, src, '--force'), 'is the input')]
     before = {p:digest(p) for p in (src, bad, tmp_path/'taken.pt')}
     for args,msg in cases:

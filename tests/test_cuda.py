@@ -36,8 +36,8 @@ def test_weighed_on_gpu(sequential):
     with mock.patch('scipy.linalg.eigh', side_effect=AssertionError('CPU eigensolver used')):
         new = gpu_fc.decompose(lm.cuda(), [{k:v.cuda() for k,v in d.items()} for d in data])
     assert {p.device.type for p in new.parameters()} == {'cuda'}
-    assert all(g.device.type == 'cuda' for g in gpu_fc.output_weights.values())
-    for n,g in cpu_fc.output_weights.items(): torch.testing.assert_close(gpu_fc.output_weights[n].cpu(), g, rtol=1e-3, atol=1e-6)
+    assert all(g.device.type == 'cuda' for g in gpu_fc.curvature.values())
+    for n,g in cpu_fc.curvature.items(): torch.testing.assert_close(gpu_fc.curvature[n].cpu(), g, rtol=1e-3, atol=1e-6)
     assert gpu_fc.ranks == cpu_fc.ranks
     x = data[0]['input_ids']
     with torch.no_grad(): torch.testing.assert_close(new(input_ids=x.cuda()).logits.cpu(), ref(input_ids=x).logits, rtol=1e-3, atol=1e-3)

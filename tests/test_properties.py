@@ -2,6 +2,7 @@
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
+import pandas as pd
 from fasterai.misc.all import *
 
 @settings(max_examples=60, deadline=None)
@@ -27,16 +28,18 @@ def test_pair_shapes_params_and_optimal_error(m, n, ratio, bias, dtype, seed):
 @settings(max_examples=30, deadline=None)
 @given(shapes=st.lists(st.tuples(st.integers(2, 30), st.integers(2, 30)), min_size=1, max_size=4),
        budget=st.floats(0.05, 0.95), seed=st.integers(0, 2**16))
-def test_budget_never_exceeded_unless_rank_one(shapes, budget, seed):
-    "The budget holds, or every layer is already at rank 1; and it is nearly spent when ranks could still grow"
+def test_budget_never_exceeded_unless_at_least(shapes, budget, seed):
+    "The budget holds, unless even the least each layer can take (rank 1, or whole where no pair is smaller) is over it; and what is left buys no move"
     torch.manual_seed(seed)
     model = nn.Sequential(*[nn.Linear(n, m) for m,n in shapes])
     fc = FC_Decomposer(budget=budget)
     fc.decompose(model)
     r = fc.report
-    before,after = r.params_before.sum(),r.params_after.sum()
-    if (r['rank'] == 1).all(): return
-    assert after <= budget*before
-    room = budget*before - after
-    grow = [m+n for m,n,k in zip(r.out_features, r.in_features, r['rank']) if k < min(m, n)]
-    assert not grow or room < min(grow)
+    layers = [(m, n, p, None if pd.isna(k) else int(k)) for m,n,p,k in zip(r.out_features, r.in_features, r.params_before, r['rank'])]
+    least = sum(min(factored_params(m, n, 1), p) for m,n,p,_ in layers)
+    target,after = int(budget*r.params_before.sum()),r.params_after.sum()
+    if least > target: return
+    assert after <= target
+    moves = [c for m,n,p,k in layers if k is not None for c in ([m+n] if factored_params(m, n, k+1) < p else []) + [p - factored_params(m, n, k)]]
+    assert not moves or target - after < min(moves)
+    assert all(k is None or factored_params(m, n, k) < p for m,n,p,k in layers)   # no pair as large as its layer

@@ -191,7 +191,7 @@ def test_sequential_replay_changes_nothing(name, monkeypatch):
     s,(model,_,_) = ZOO[name],original(name)
     data = [s.example(seed)[1] for seed in (1, 2)]   # two batches of keyword arguments: each is served its own outputs
     fc = lambda: FC_Decomposer(0.5, method='whiten', sequential=True, progress=False)
-    assert find_blocks(model, [r['name'] for r in fc()._plan(model) if r['reason'] is None]), "no blocks: nothing would be served"
+    assert find_blocks(model, [r.name for r in fc().plan(model) if r.selected]), "no blocks: nothing would be served"
     kept,close = [],Replay.close
     def count(self): kept.append(len(self.kept)); close(self)
     monkeypatch.setattr(Replay, 'close', count)
@@ -203,3 +203,10 @@ def test_sequential_replay_changes_nothing(name, monkeypatch):
     with torch.no_grad(): a,b = s.outputs(full.eval(), args, kwargs),s.outputs(served.eval(), args, kwargs)
     for x,y in zip(a, b): torch.testing.assert_close(y, x, atol=1e-5*float(x.abs().max()), rtol=1e-5)
     check_untouched(name)
+
+@pytest.mark.parametrize('name', names())
+def test_speed_rule_leaves_every_layer_at_full_rank(name):
+    "At rank_ratio 1.0 no pair is smaller, so none is faster: the speed rule (`faster_at`) leaves every layer, and no model gets slower"
+    model = ZOO[name].build()
+    plans = FC_Decomposer(rank_ratio=1.0, faster_at=1).plan(model)
+    assert all(p.rank is None for p in plans), [(p.name, p.rank) for p in plans if p.rank]

@@ -6,19 +6,23 @@
 __all__ = []
 
 # %% ../../nbs/misc/all.ipynb #ed695661
-from . import calibration, causal_lm, demo, fast_svd, fc_decomposer, huggingface, learner, refinement, sensitivity, sequential, surgery
-from .calibration import *
-from .causal_lm import *
-from .demo import *
-from .fast_svd import *
-from .fc_decomposer import *
-from .huggingface import *
-from .learner import *
-from .refinement import *
-from .sensitivity import *
-from .sequential import *
-from .surgery import *
+from .fc_decomposer import FC_Decomposer, RECIPES, DecompositionReport, LayerPlan, OptionError
+from .ranks import (linear_params, factored_params, rank_from_ratio, rank_from_params, rank_from_energy, truncation_error,
+    allocate_budget, even_ranks)
+from .surgery import LowRankLinear, is_linear, named_linears
+from .huggingface import load_pretrained, text_batches, SentenceEmbedding
+from .sensitivity import jacobian_sensitivity, output_distortion
+from .distributed import shard
+import warnings
+with warnings.catch_warnings():   # fastai's import uses `torch.jit.script`, which torch deprecates: nothing our users can act on
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from fasterai.misc.learner import FCDecomposeCallback   # and `Learner.decompose_fc`
+    from fasterai.misc.causal_lm import causal_lm_dls, causal_lm_learner, DistillCallback
+    from fasterai.misc.demo import compare, digits_dls, digits_net, latency_ms
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
-__all__ = [*calibration.__all__, *causal_lm.__all__, *demo.__all__, *fast_svd.__all__, *fc_decomposer.__all__, *huggingface.__all__, *learner.__all__,
-           *refinement.__all__, *sensitivity.__all__, *sequential.__all__, *surgery.__all__]
+__all__ = ['FC_Decomposer', 'RECIPES', 'DecompositionReport', 'LayerPlan', 'OptionError', 'linear_params', 'factored_params',
+           'rank_from_ratio', 'rank_from_params', 'rank_from_energy', 'truncation_error', 'allocate_budget', 'even_ranks',
+           'LowRankLinear', 'is_linear', 'named_linears', 'load_pretrained', 'text_batches', 'SentenceEmbedding',
+           'FCDecomposeCallback', 'causal_lm_dls', 'causal_lm_learner', 'DistillCallback',
+           'jacobian_sensitivity', 'output_distortion', 'shard', 'compare', 'digits_dls', 'digits_net', 'latency_ms']

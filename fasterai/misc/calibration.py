@@ -4,19 +4,18 @@
 
 # %% ../../nbs/misc/calibration.ipynb #a624a6ed
 from __future__ import annotations
-import math
+import math, sys
 import torch
-from fastai.data.core import DataLoaders
-from fastai.torch_core import to_device
+from .distributed import all_layer_stats, all_objects, merge_orders
 from .fast_svd import LowRankSVD, eigh_upper, fill_lower, gram
 from .surgery import features, linear_bias, linear_weight, weight_param
 from torch import nn, Tensor
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['LayerStats', 'ridge', 'Weighed', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'calibration_batches',
-           'padding_mask', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen', 'PairStats', 'output_scale',
-           'CorrectedSVD']
+__all__ = ['LayerStats', 'ridge', 'Weighed', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'on_device',
+           'calibration_batches', 'padding_mask', 'real_rows', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen',
+           'PairStats', 'output_scale', 'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -89,18 +88,19 @@ class Weighed:
         return self.scale(self.scale(b))
 
 
+
 # %% ../../nbs/misc/calibration.ipynb #cc0e3161
 def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
              stats:LayerStats, # Its calibration statistics
              method:str, # 'asvd' or 'whiten'
-             weights:Tensor|None=None, # Whitening: what errors in the outputs cost, `G` (`m` x `m`) or its diagonal, as `output_scale` takes them (`None`: all the same)
+             g:Tensor|None=None, # Whitening: what errors in the outputs cost, the curvature `G` (`m` x `m`) or its diagonal, as `output_scale` takes it (`None`: all the same)
             )->Weighed:
-    "The factorisation of `w` in the output basis `method` chooses from the calibration statistics (whitening with `weights`: in the norm `‖G^½ ·‖`)"
+    "The factorisation of `w` in the output basis `method` chooses from the calibration statistics (whitening with `g`: in the norm `‖G^½ ·‖`)"
     w = w.detach()
     if method == 'asvd':
-        if weights is not None: raise ValueError("output weights weigh whitening's truncation: use method='whiten', not 'asvd'")
+        if g is not None: raise ValueError("an output curvature G weighs whitening's truncation: use method='whiten', not 'asvd'")
         return Weighed(LowRankSVD(w*stats.rms.to(w.dtype), w), None)
-    d,r = ridge(stats),None if weights is None else output_scale(weights, stats.m)
+    d,r = ridge(stats),None if g is None else output_scale(g, stats.m)
     sq = None if r is None else r[0].to(w.device)   # G^½
     ws = w if sq is None else sq @ w.double()
     if stats.outputs:
@@ -110,6 +110,7 @@ def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
         lam,q = torch.linalg.eigh(stats.cov + d*torch.eye(stats.n, dtype=torch.float64, device=w.device))
         lr = LowRankSVD(ws.double() @ (q*lam.clamp_min(0).sqrt()), ws)
     return Weighed(lr, r)
+
 
 
 # %% ../../nbs/misc/calibration.ipynb #cdff4fab
@@ -129,6 +130,7 @@ def output_error(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output ba
     return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
 
 
+
 # %% ../../nbs/misc/calibration.ipynb #c3ec39f3
 def mean_correction(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output basis `U_k`, or `G^-½ U_k` when weighed
                     w:Tensor, # Weight of the layer, `m` x `n`
@@ -138,6 +140,7 @@ def mean_correction(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output
     "What to add to the bias so that `W' = u @ v.T @ w` keeps the layer's mean output on the calibration data: `(I − P) W μ`"
     ybar,u = w.detach().double() @ stats.mean,u.double()
     return ybar - u @ ((u if v is None else v.double()).T @ ybar)
+
 
 
 # %% ../../nbs/misc/calibration.ipynb #4334e5ab
@@ -150,11 +153,23 @@ def batch_args(batch, # A batch: a tensor, a tuple or list whose first `n_inp` e
     return [batch],{}
 
 # %% ../../nbs/misc/calibration.ipynb #883035e5
+def on_device(b, # A batch: a tensor, or tensors in tuples, lists and dicts
+              device:torch.device|None, # Where to put them (`None`: where they are)
+             ):
+    "`b` with every tensor it holds on `device`"
+    if device is None: return b
+    if isinstance(b, Tensor): return b.to(device)
+    if isinstance(b, dict): return {k:on_device(v, device) for k,v in b.items()}
+    if type(b) in (tuple, list): return type(b)(on_device(o, device) for o in b)
+    return b
+
+# %% ../../nbs/misc/calibration.ipynb #f4f15f9b
 def calibration_batches(data, # A fastai `DataLoaders` or `DataLoader`, a torch `DataLoader`, any iterable of batches, or a tensor
                         n_batches:int|None=None, # Use at most this many batches
                        ):
     "`(args, kwargs)` for each calibration batch of `data`"
-    if isinstance(data, DataLoaders): data = data.train
+    core = sys.modules.get('fastai.data.core')   # a fastai `DataLoaders` comes from a fastai already imported
+    if core is not None and isinstance(data, core.DataLoaders): data = data.train
     n_inp = getattr(data, 'n_inp', 1)
     if isinstance(data, Tensor): data = [data]
     for i,b in enumerate(data):
@@ -168,12 +183,20 @@ def padding_mask(kwargs:dict, # Keyword arguments of a calibration batch
     m = kwargs.get('attention_mask')
     return m.bool() if isinstance(m, Tensor) and m.dim() == 2 else None
 
+# %% ../../nbs/misc/calibration.ipynb #6d70b725
+def real_rows(t:Tensor|None, # An activation, `(batch, sequence, features)` when it lines up with the mask
+              keep:Tensor|None, # The batch's mask (`padding_mask`), or `None`
+             )->Tensor|None:
+    "The rows of `t` at the real (unpadded) positions, when `t` lines up with the mask `keep`; else `t` itself"
+    return t[keep] if t is not None and keep is not None and t.shape[:-1] == keep.shape else t
+
 # %% ../../nbs/misc/calibration.ipynb #0a8ded4b
 def collect_stats(model:nn.Module, # Model run on the data (not modified)
                   layers:dict, # `{name: linear layer}` of `model` to calibrate
                   data, # Calibration data, as `calibration_batches` takes it
                   n_batches:int|None=None, # Use at most this many batches
                   moments:bool=True, # Sum the moments; `False`: only find the order (the statistics are then `{}`)
+                  distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                  )->tuple[dict, list]:
     "`{name: LayerStats}` of `layers` over the calibration batches, and their names in the order the model first ran them"
     stats,order,names = {n:LayerStats(l) for n,l in layers.items()} if moments else {},[],{}
@@ -181,7 +204,7 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
     keep = None   # the current batch's attention mask, as booleans
     def hook(lin, args, out):
         x,y = args[0],out
-        if keep is not None and x.shape[:-1] == keep.shape: x,y = x[keep],y[keep]   # rows that line up with the mask
+        x,y = real_rows(x, keep),real_rows(y, keep)
         for n in names[lin]:
             if moments: stats[n].update(x, y, linear_bias(lin))
             if n not in order: order.append(n)
@@ -192,7 +215,7 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
         model.eval()
         with torch.no_grad():
             for i,(args,kwargs) in enumerate(calibration_batches(data, n_batches)):
-                args,kwargs = to_device(args, device),to_device(kwargs, device)
+                args,kwargs = on_device(args, device),on_device(kwargs, device)
                 keep = padding_mask(kwargs)
                 try: model(*args, **kwargs)
                 except Exception as e: raise ValueError(f"calibration batch {i} failed in the model: {type(e).__name__}: {e}") from e
@@ -201,6 +224,7 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
     finally:
         for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
+    if distributed: stats,order = all_layer_stats(stats),merge_orders(all_objects(order))
     if not order: raise ValueError("the calibration data gave no batch that ran through the layers: it is empty, or they are not used")
     return stats,order
 
@@ -351,21 +375,21 @@ class PairStats:
         return z,torch.linalg.solve_triangular(l, z, upper=False, left=False)
 
 # %% ../../nbs/misc/calibration.ipynb #e7c1d2a1
-def output_scale(weights:Tensor|None, # What errors in the outputs cost: `G`, `m` x `m` (symmetric, positive semi-definite), or a vector of `m` weights (a diagonal `G`), or `None`
+def output_scale(g:Tensor|None, # What errors in the outputs cost: the curvature `G`, `m` x `m` (symmetric, positive semi-definite), or a vector of `m` weights (a diagonal `G`), or `None`
                  m:int, # Output features of the layer
                  floor:float=1e-3, # Ridge added to `G` over its mean diagonal: the least weight of any direction
                 )->tuple[Tensor, Tensor]|None:
-    "`(G^½, G^-½)` (float64, `m` x `m`) of `G` over its mean diagonal plus `floor`·I; `None` when `weights` is `None` or zero (all outputs alike)"
-    if weights is None: return None
-    g = weights.detach().double().cpu()
+    "`(G^½, G^-½)` (float64, `m` x `m`) of `G` over its mean diagonal plus `floor`·I; `None` when `g` is `None` or zero (all outputs alike)"
+    if g is None: return None
+    shape,g = tuple(g.shape),g.detach().double().cpu()
     if g.dim() == 1: g = torch.diag(g)
-    if g.shape != (m, m): raise ValueError(f"got output weights of shape {tuple(weights.shape)} for a layer with {m} outputs: need ({m},) or ({m}, {m})")
-    if not bool(torch.isfinite(g).all()): raise ValueError("output weights must be finite")
+    if g.shape != (m, m): raise ValueError(f"got an output curvature G of shape {shape} for a layer with {m} outputs: need ({m},) or ({m}, {m})")
+    if not bool(torch.isfinite(g).all()): raise ValueError("the output curvature G must be finite")
     scale = float(g.diagonal().mean())
-    if not torch.allclose(g, g.T, rtol=1e-6, atol=1e-9*abs(scale)): raise ValueError("output weights G must be symmetric")
+    if not torch.allclose(g, g.T, rtol=1e-6, atol=1e-9*abs(scale)): raise ValueError("the output curvature G must be symmetric")
     if scale == 0 and not bool(g.any()): return None
     lam,q = torch.linalg.eigh(g/scale if scale > 0 else g)
-    if scale <= 0 or float(lam[0]) < -1e-6*float(lam[-1]): raise ValueError(f"output weights G must be positive semi-definite (least eigenvalue {float(lam[0]):.3g} of G over its mean diagonal)")
+    if scale <= 0 or float(lam[0]) < -1e-6*float(lam[-1]): raise ValueError(f"the output curvature G must be positive semi-definite (least eigenvalue {float(lam[0]):.3g} of G over its mean diagonal)")
     lam = lam.clamp_min(0) + floor
     return (q*lam.sqrt()) @ q.T,(q/lam.sqrt()) @ q.T
 
@@ -376,10 +400,10 @@ class CorrectedSVD(Weighed):
         w:Tensor, # Weight of the layer, `m` x `n`
         stats:PairStats, # Its statistics on the two streams
         damp:float|None=None, # Ridge relative to the mean variance of the source (default: `d / 2N` for `N` rows of `d` features, at least 1e-6)
-        weights:Tensor|None=None, # What errors in the outputs cost: `G`, `m` x `m` (`jacobian_sensitivity(full=True)`), or a vector (its diagonal); `None`: all the same
+        g:Tensor|None=None, # What errors in the outputs cost: the curvature `G`, `m` x `m` (`jacobian_sensitivity(full=True)`), or a vector (its diagonal); `None`: all the same
     ):
         st,self.c_ss,self.c_ys = stats,stats.cov_s,stats.cov_ys
-        self.r = output_scale(weights, st.m)   # (G^½, G^-½): the truncation is the best in the norm ‖G^½(Y − W'S)‖
+        self.r = output_scale(g, st.m)   # (G^½, G^-½): the truncation is the best in the norm ‖G^½(Y − W'S)‖
         if self.r is not None: self.r = tuple(t.to(self.c_ss) for t in self.r)
         damp = max(len(self.c_ss)/(2*st.rows), 1e-6) if damp is None else damp
         d = damp*float(self.c_ss.diagonal().clamp_min(0).mean()) or damp

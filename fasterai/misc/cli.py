@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['CLIError', 'parser', 'read_model', 'write_model', 'read_calib', 'decompose_file', 'demo', 'main', 'console']
+__all__ = ['FLAGS', 'CLIError', 'parser', 'read_model', 'write_model', 'flag', 'read_calib', 'decompose_file', 'demo', 'main',
+           'console']
 
 # %% ../../nbs/misc/cli.ipynb #cbec6a0a
 class CLIError(Exception): "An error the command line reports in one line"
@@ -32,11 +33,14 @@ def parser()->argparse.ArgumentParser:
     g.add_argument('--rank-ratio', type=float, help='fraction of min(m, n) kept per layer (default 0.5)')
     g.add_argument('--energy', type=float, help="keep this fraction of each layer's energy")
     g.add_argument('--rank', type=int, help='rank kept in every layer')
-    g.add_argument('--budget', type=float, help="fraction of the selected layers' parameters kept")
-    d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), default='svd', help='data-aware methods need --calib')
-    d.add_argument('--sequential', action='store_true', help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
-    d.add_argument('--refine', type=int, default=0, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
-    d.add_argument('--weigh-outputs', action='store_true', help="with --method whiten, weigh each layer's output errors by how much the model's output feels them, their coupling included (one more pass)")
+    g.add_argument('--budget', type=float, help="fraction of the selected layers' parameters kept in total, spent where it costs least")
+    g.add_argument('--param-ratio', type=float, help="fraction of each selected layer's parameters kept (0.8: 20%% compression)")
+    d.add_argument('--recipe', help="a named setting: fast, speed, vision_head, sentence_encoder or causal_lm (the other flags override it)")
+    d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), help='svd (default), or a data-aware method, which needs --calib')
+    d.add_argument('--sequential', action='store_true', default=None, help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
+    d.add_argument('--refine', type=int, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
+    d.add_argument('--weigh-outputs', action='store_true', default=None, help="with --method whiten, weigh each layer's output errors by how much the model's output feels them, their coupling included (one more pass)")
+    d.add_argument('--sensitivity', choices=('jacobian', 'measured', 'spectrum'), help="with --budget and a data-aware method, how layers' errors are weighed (default jacobian)")
     d.add_argument('--calib', help="calibration data: a text file (.txt, one sample a line, read with the input directory's "
                    "tokenizer), or inputs saved with torch.save (a tensor or a list of batches)")
     d.add_argument('--max-length', type=int, default=128, help='tokens kept per text sample (default 128)')
@@ -45,7 +49,9 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--n-batches', type=int, help='use at most this many calibration batches')
     d.add_argument('--layers', nargs='+', metavar='PATTERN', help='only these layers (names or globs)')
     d.add_argument('--exclude', nargs='+', metavar='PATTERN', help='never these layers (names or globs)')
-    d.add_argument('--skip-unprofitable', action='store_true', help='leave layers that would not shrink')
+    d.add_argument('--skip-unprofitable', action='store_true', default=None, help='leave layers that would not shrink')
+    d.add_argument('--faster-at', type=int, metavar='ROWS', help='leave layers whose pair does not run faster on ROWS input rows (1: decoding), timed here')
+    d.add_argument('--rank-multiple', type=int, help='round each rank down to a multiple of this')
     d.add_argument('--force', action='store_true', help='overwrite OUTPUT if it exists')
     m = sub.add_parser('demo', help='offline demo on scikit-learn digits', description='Train, decompose and fine-tune on digits, offline')
     m.add_argument('--epochs', type=int, default=5, help='training epochs of the original model')
@@ -112,13 +118,17 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../../nbs/misc/cli.ipynb #5aad5266
-_FLAGS = (('rank_ratio', '--rank-ratio'), ('refine=', '--refine '), ('set sequential=True', 'add --sequential'), ('weigh_outputs=True', '--weigh-outputs'),
-          ("set method='whiten'", 'use --method whiten'), ('energy_threshold', '--energy')) # The library's names in its errors, and the flags they are
+FLAGS = dict(rank_ratio='--rank-ratio', energy_threshold='--energy', rank='--rank', budget='--budget', param_ratio='--param-ratio',
+             recipe='--recipe', method='--method', sequential='--sequential', refine='--refine', weigh_outputs='--weigh-outputs',
+             sensitivity='--sensitivity', n_batches='--n-batches', layers='--layers', exclude='--exclude',
+             skip_unprofitable='--skip-unprofitable', faster_at='--faster-at', rank_multiple='--rank-multiple') # `FC_Decomposer`'s options, and the flags that set them
 
-def _in_flags(msg:str)->str:
-    "An error of `FC_Decomposer`, in the command line's flags"
-    for o,f in _FLAGS: msg = msg.replace(o, f)
-    return msg
+def flag(name:str, # An option of `FC_Decomposer`
+         value, # Its value, or `...` for the option alone
+        )->str:
+    "The option as the command line writes it: `--method whiten`, `--sequential`, `--energy`"
+    f = FLAGS.get(name, name)
+    return f if value is ... or value is True else f"{f} {value}"
 
 def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.save`
                src:Path, # The model read: a directory gives the tokenizer for text
@@ -143,16 +153,15 @@ def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.sav
 
 def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc decompose` with the parsed arguments `a`"
-    from fasterai.misc.fc_decomposer import FC_Decomposer
+    from fasterai.misc.fc_decomposer import FC_Decomposer, OptionError
     src,dst = Path(a.input),Path(a.output)
     if dst.exists() and dst.resolve() == src.resolve(): raise CLIError(f"{dst}: is the input; write the decomposed model elsewhere")
     if dst.exists() and not a.force: raise CLIError(f"{dst}: exists (use --force to overwrite it)")
     if not dst.parent.is_dir(): raise CLIError(f"{dst.parent}: no such directory")
-    if a.method != 'svd' and not a.calib: raise CLIError(f"--method {a.method} calibrates on data: give it with --calib FILE")
-    try: fc = FC_Decomposer(a.rank_ratio, a.energy, a.rank, a.budget, layers=a.layers, exclude=a.exclude, method=a.method,
-                            skip_unprofitable=a.skip_unprofitable, sequential=a.sequential, refine=a.refine, n_batches=a.n_batches, weigh_outputs=a.weigh_outputs,
-                            inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
-    except ValueError as e: raise CLIError(_in_flags(str(e))) from None
+    opts = {o:getattr(a, 'energy' if o == 'energy_threshold' else o) for o in FLAGS}
+    try: fc = FC_Decomposer(**opts, inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
+    except OptionError as e: raise CLIError(e.say(flag)) from None
+    if fc.uses_data and not a.calib: raise CLIError(f"{flag('method', fc.method)} calibrates on data: give it with --calib FILE")
     data = read_calib(Path(a.calib), src, a) if a.calib else None
     obj = read_model(src)
     model = obj.model if hasattr(obj, 'export') else obj

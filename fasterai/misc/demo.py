@@ -14,7 +14,8 @@ from fastai.data.core import DataLoaders, Datasets
 from fastai.data.transforms import ItemGetter
 from fastai.learner import Learner
 from fastai.metrics import accuracy
-from .fc_decomposer import FC_Decomposer, factored_params
+from .fc_decomposer import FC_Decomposer
+from .ranks import factored_params
 from torch import nn
 
 # %% auto #0
@@ -65,11 +66,8 @@ def kept(model:nn.Module, # Model (not modified)
          **kwargs, # Layer selection passed to `FC_Decomposer`, e.g. `exclude`
         )->float:
     "The fraction of the selected layers' parameters that `rank_ratio` keeps: the `budget` that spends as much"
-    fc = FC_Decomposer(rank_ratio, **kwargs)
-    rows = [r for r in fc._plan(model) if r['reason'] is None]
-    fc._choose_ranks(model, rows, {})   # a rank ratio needs no spectrum: no SVD
-    rows = [r for r in rows if r['rank']]
-    return sum(factored_params(r['out_features'], r['in_features'], r['rank']) for r in rows)/sum(r['params_before'] for r in rows)
+    rows = [r for r in FC_Decomposer(rank_ratio, **kwargs).plan(model) if r.rank]   # a rank ratio needs no spectrum: no SVD
+    return sum(factored_params(r.out_features, r.in_features, r.rank) for r in rows)/sum(r.params_before for r in rows)
 
 @delegates(FC_Decomposer, but=['rank_ratio', 'energy_threshold', 'rank', 'budget', 'method', 'sequential', 'inplace', 'progress'])
 def compare(learn:Learner, # A trained Learner, whose `model` is left as it is

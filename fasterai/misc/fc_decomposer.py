@@ -5,114 +5,143 @@
 # %% ../../nbs/misc/fc_decomposer.ipynb #632713b3
 from __future__ import annotations
 import copy, fnmatch, numbers, sys, warnings
+from dataclasses import dataclass, replace
 import pandas as pd
 import torch
-from fastcore.basics import patch, store_attr
+from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
 from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
+from .distributed import broadcast_, from_rank0, group_size
 from .fast_svd import FactorSVD, LowRankSVD
+from .ranks import allocate_budget, even_ranks, factored_params, rank_from_energy, rank_from_params, rank_from_ratio, truncation_error
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
+from .speed import faster_as_pair, round_rank
 from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
-    linear_weight, low_rank_linear, named_linears, swap_module)
+    linear_weight, low_rank_linear, named_linears, swap_module, weight_param)
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['linear_params', 'factored_params', 'check_fraction', 'check_rank', 'rank_from_ratio', 'rank_from_energy',
-           'truncation_error', 'allocate_budget', 'even_ranks', 'matches', 'DecompositionReport', 'FC_Decomposer',
-           'all_finite', 'record_ranks']
+__all__ = ['POLICIES', 'DEFAULTS', 'RECIPES', 'OptionError', 'as_fraction', 'as_rank', 'resolve_options', 'check_options',
+           'LayerPlan', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite', 'record_ranks']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
-def linear_params(m:int, # Output features
-                  n:int, # Input features
-                  bias:bool=True, # Whether the layer has a bias
-                 )->int:
-    "Parameters of `nn.Linear(n, m, bias)`"
-    return m*n + m*bias
+class OptionError(ValueError):
+    "An option out of range, or options that don't go together; the message names each option as `say` writes it"
+    def __init__(self,
+        msg:str, # The message, with a `{}` where each option is named
+        *opts:tuple, # `(name, value)` of each option named, in order; `value` `...` names the option alone
+    ):
+        self.msg,self.opts = msg,opts
+        super().__init__(self.say())
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #fa9d1551
-def factored_params(m:int, # Output features
-                    n:int, # Input features
-                    k:int, # Inner rank
-                   )->int:
-    "Parameters of the pair `Linear(n, k, bias=False)`, `Linear(k, m)` that replaces `Linear(n, m)`"
-    return k*(m+n) + m
+    def say(self,
+            fmt=None, # `fmt(name, value)` writes an option (default: `name=value`, or the name alone)
+           )->str:
+        "The message, with each option written by `fmt`: a front end (the command line) writes its own flags"
+        fmt = fmt or (lambda k,v: k if v is ... else f"{k}={v!r}")
+        return self.msg.format(*(fmt(k, v) for k,v in self.opts))
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #72847532
-def check_fraction(value, # Value to check
-                   name:str, # Option name, for the error message
-                   top:bool=True, # Whether 1 itself is allowed
-                  )->float:
-    "`value` as a float if it is a number in (0, 1] (or (0, 1) when not `top`), else a `ValueError` naming it"
+# %% ../../nbs/misc/fc_decomposer.ipynb #ca23cb4e
+def as_fraction(value, # Value to check
+                name:str, # Option name, for the error message
+                top:bool=True, # Whether 1 itself is allowed
+               )->float:
+    "`value` as a float if it is a number in (0, 1] (or (0, 1) when not `top`), else an `OptionError` naming it"
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value and (value <= 1 if top else value < 1)
-    if not ok: raise ValueError(f"{name} must be a number in (0, {'1]' if top else '1)'}, got {value!r}")
+    if not ok: raise OptionError(f"{{}} must be a number in (0, {'1]' if top else '1)'}, got {value!r}", (name, ...))
     return float(value)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #c7a308ec
-def check_rank(value, # Value to check
-               name:str='rank', # Option name, for the error message
-              )->int:
-    "`value` as an int if it is a positive integer, else a `ValueError` naming it"
+def as_rank(value, # Value to check
+            name:str='rank', # Option name, for the error message
+           )->int:
+    "`value` as an int if it is a positive integer, else an `OptionError` naming it"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise OptionError(f"{{}} must be a positive integer, got {value!r}", (name, ...))
     return int(value)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #ecaa6f9e
-def rank_from_ratio(m:int, # Output features of the layer
-                    n:int, # Input features of the layer
-                    rank_ratio:float=0.5, # Fraction of `min(m, n)` kept
-                   )->int:
-    "Rank kept for an `m` x `n` weight: a fraction `rank_ratio` of `min(m, n)`, rounded down, at least 1"
-    return max(1, int(round(rank_ratio*min(m, n), 6)))
+# %% ../../nbs/misc/fc_decomposer.ipynb #2fef3d58
+POLICIES = ('rank_ratio', 'energy_threshold', 'rank', 'budget', 'param_ratio') # The rank policies: one applies
+DEFAULTS = dict(skip_unprofitable=False, method='svd', sequential=False, refine=0, weigh_outputs=False, distributed=False) # What an option left out is
+RECIPES = dict( # Named settings: the options each stands for
+    fast=dict(method='svd'),
+    speed=dict(param_ratio=0.6, method='whiten', faster_at=1),
+    vision_head=dict(param_ratio=0.5, method='whiten'),
+    sentence_encoder=dict(param_ratio=0.5, method='whiten', sequential=True, weigh_outputs=True),
+    causal_lm=dict(budget=0.8, method='whiten', sequential=True, weigh_outputs=True),
+)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #f40b4681
-def rank_from_energy(s:Tensor, # Singular values, in decreasing order
-                     energy:float, # Fraction of the energy `sum(s**2)` to keep
-                    )->int:
-    "Fewest leading singular values of `s` whose squares hold a fraction `energy` of the total"
-    e = s.double().square().cumsum(0)
-    return min(len(s), int((e < energy*e[-1]).sum()) + 1)
+def resolve_options(recipe:str|None, # A name of `RECIPES`, or `None`
+                    given:dict, # The options given (`None`: not given)
+                   )->dict:
+    "Every option's value: those `given`, then the recipe's (its rank policy only when none is given), then `DEFAULTS`"
+    if recipe is not None and recipe not in RECIPES: raise OptionError(f"{{}} must be one of {', '.join(map(repr, RECIPES))}, got {recipe!r}", ('recipe', ...))
+    base = RECIPES.get(recipe, {})
+    if any(given.get(k) is not None for k in POLICIES): base = {k:v for k,v in base.items() if k not in POLICIES}
+    res = {**DEFAULTS, **base, **{k:v for k,v in given.items() if v is not None}}
+    if not any(res.get(k) is not None for k in POLICIES): res['rank_ratio'] = 0.5
+    if res.get('budget') is not None and res.get('method') != 'svd' and res.get('sensitivity') is None: res['sensitivity'] = 'jacobian'
+    return res
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #dee7d29a
-def truncation_error(s:Tensor, # Singular values, in decreasing order
-                     k:int, # Rank kept
-                    )->tuple[float, float]:
-    "`(energy_kept, rel_error)` of keeping `k` singular values: rel_error is ‖W − W_k‖_F / ‖W‖_F, exactly (Eckart–Young)"
-    e = s.double().square()
-    total = e.sum()
-    if total == 0: return 1.0, 0.0
-    return float(e[:k].sum()/total), float((e[k:].sum()/total).sqrt())
+# %% ../../nbs/misc/fc_decomposer.ipynb #72847532
+def check_options(o:dict, # Every option's value, as `resolve_options` gives them
+                 ):
+    "Raise an `OptionError` naming the option out of range, or the options that don't go together"
+    given = [(k, o[k]) for k in POLICIES if o.get(k) is not None]
+    if len(given) > 1: raise OptionError("choose one rank policy, got " + ', '.join(['{}']*len(given)), *given)
+    for k in ('rank_ratio', 'energy_threshold', 'param_ratio'):
+        if o.get(k) is not None: as_fraction(o[k], k)
+    if o.get('budget') is not None: as_fraction(o['budget'], 'budget', top=False)
+    rank = o.get('rank')
+    if isinstance(rank, dict):
+        for p,k in rank.items(): as_rank(k, f'rank[{p!r}]')
+    elif rank is not None: as_rank(rank)
+    for k in ('layers', 'exclude'):
+        v = o.get(k)
+        if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
+            raise OptionError(f"{{}} must be a list of module names, globs or classes, got {v!r}", (k, ...))
+    method = o['method']
+    if method not in ('svd', 'asvd', 'whiten'): raise OptionError(f"{{}} must be 'svd', 'asvd' or 'whiten', got {method!r}", ('method', ...))
+    data = method != 'svd'
+    if o['sequential'] and not data: raise OptionError("{} calibrates on data: choose {} or {}", ('sequential', True), ('method', 'asvd'), ('method', 'whiten'))
+    r = o['refine']
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0: raise OptionError(f"{{}} must be a number of epochs, an int >= 0, got {r!r}", ('refine', ...))
+    if r and not o['sequential']: raise OptionError("{} refines block by block: set {}", ('refine', r), ('sequential', True))
+    if o['distributed'] and not data: raise OptionError("{} sums the calibration over processes, which {} does not use", ('distributed', True), ('method', method))
+    if o['distributed'] and r: raise OptionError("{} takes Adam steps over one process's batches: it is not done with {}", ('refine', r), ('distributed', True))
+    cd = o.get('cache_dtype')
+    if cd is not None and not (isinstance(cd, torch.dtype) and cd.is_floating_point): raise OptionError(f"{{}} must be a floating torch.dtype, got {cd!r}", ('cache_dtype', ...))
+    if cd is not None and not o['sequential']: raise OptionError("{} is the dtype of the walk's cache: set {}", ('cache_dtype', cd), ('sequential', True))
+    if o['weigh_outputs'] and method != 'whiten': raise OptionError(f"{{}} weighs whitening's output errors: set {{}} (not {method!r})", ('weigh_outputs', True), ('method', 'whiten'))
+    s = o.get('sensitivity')
+    if s is not None:
+        if s not in ('jacobian', 'measured', 'spectrum'): raise OptionError(f"{{}} must be 'jacobian', 'measured' or 'spectrum', got {s!r}", ('sensitivity', ...))
+        if o.get('budget') is None: raise OptionError("{} weighs how a {} is spent: give a budget, or leave sensitivity out", ('sensitivity', s), ('budget', ...))
+        if not data and s != 'spectrum': raise OptionError("{} is measured on data, which {} does not use: choose {}", ('sensitivity', s), ('method', method), ('method', 'whiten'))
+    for k in ('faster_at', 'rank_multiple'):
+        if o.get(k) is not None: as_rank(o[k], k)
+    nb = o.get('n_batches')
+    if nb is not None:
+        as_rank(nb, 'n_batches')
+        if not data: raise OptionError("{} bounds the calibration data, which {} does not use", ('n_batches', nb), ('method', method))
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #78a035f4
-def allocate_budget(spectra:list, # (singular values, m, n) of each layer
-                    n_params:int, # Parameters the layers may have in total after decomposition
-                    weights:list|None=None, # What a unit of each layer's squared error costs (default: 1/‖W‖², errors relative to each layer's own energy)
-                   )->list[int]:
-    "Ranks for the layers of `spectra` that fit in `n_params` parameters with the least total weighted squared error"
-    if weights is None: weights = [1/float(s.double().square().sum().clamp_min(1e-300)) for s,_,_ in spectra]
-    ks = [1]*len(spectra)
-    left = n_params - sum(factored_params(m, n, 1) for _,m,n in spectra)
-    gains = [(w*float(g)/(m+n), i, j) for i,((s,m,n),w) in enumerate(zip(spectra, weights))
-             for j,g in enumerate(s[1:].double().square(), 1)]
-    for _,i,j in sorted(gains, key=lambda o: -o[0]):
-        _,m,n = spectra[i]
-        if m+n <= left and j == ks[i]: ks[i],left = j+1,left-(m+n)
-    return ks
-
-# %% ../../nbs/misc/fc_decomposer.ipynb #b3f8d1e6
-def even_ranks(shapes:list, # (m, n, parameters now) of each layer
-               n_params:int, # Parameters the layers may have in total after decomposition
-              )->list[int]:
-    "Ranks that cut every layer's parameters by the same fraction, within `n_params` in total (every layer keeps at least rank 1)"
-    frac = n_params/sum(p for *_,p in shapes)
-    ks = [max(1, int(round((frac*p - m)/(m+n), 6))) for m,n,p in shapes]
-    left = n_params - sum(factored_params(m, n, k) for (m,n,_),k in zip(shapes, ks))
-    for i in sorted(range(len(ks)), key=lambda i: factored_params(*shapes[i][:2], ks[i])/shapes[i][2]):
-        m,n,_ = shapes[i]
-        if m+n <= left: ks[i],left = ks[i]+1,left-(m+n)
-    return ks
-
+# %% ../../nbs/misc/fc_decomposer.ipynb #c7a308ec
+@dataclass
+class LayerPlan:
+    "What happens to one linear layer of the model: read off it, then given a rank or a reason to be left, then its results"
+    name:str # Its qualified name
+    lin:nn.Module|None # The layer, until it is replaced (the plan lets go of it then)
+    in_features:int # `n`
+    out_features:int # `m`
+    params_before:int # Its parameters now
+    top:int # The highest rank it can have: `min(m, n)`, or a pair's own rank
+    selected:bool=True # Whether the options select it (and it can be replaced)
+    reason:str|None=None # Why it is left as it is, or a note on how it was factorised
+    rank:int|None=None # The rank chosen (`None`: left as it is)
+    params_after:int|None=None # Its parameters after (`None`: as before)
+    energy_kept:float=1.0 # Fraction of its energy kept (of its output variance, with data)
+    rel_error:float=0.0 # Its relative error: of its weight, or of its outputs on the calibration data
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #f7e1340c
 def matches(entry, # A module name, a glob, or a module class
@@ -158,42 +187,36 @@ class FC_Decomposer:
         rank_ratio:float|None=None, # Fraction of `min(m, n)` kept per layer, in (0, 1]; 0.5 when no other policy is given
         energy_threshold:float|None=None, # Keep the fewest singular values holding this fraction of each layer's energy, in (0, 1]
         rank:int|dict|None=None, # Rank kept, for every layer, or per layer as `{name or glob: rank}` (first match wins)
-        budget:float|None=None, # Fraction of the selected layers' parameters kept in total, in (0, 1)
+        budget:float|None=None, # Fraction of the selected layers' parameters kept in total, in (0, 1), spent where it costs least error
+        param_ratio:float|None=None, # Fraction of each selected layer's parameters kept, in (0, 1]: 0.8 is "20% compression", every layer cut alike
         layers:list|None=None, # Only these layers: names, globs or module classes (default: every linear layer)
         exclude:list|None=None, # Never these layers: names, globs or module classes
-        skip_unprofitable:bool=False, # Leave a layer as it is when its pair would not have fewer parameters
+        skip_unprofitable:bool|None=None, # Leave a layer as it is when its pair would not have fewer parameters (default False)
+        faster_at:int|None=None, # Leave a layer as it is when its pair does not run 1.1x as fast on this many input rows (1: decoding a token, one image; batch x sequence for an encoder), timed on this machine ([speed](speed.html))
+        rank_multiple:int|None=None, # Round each rank down to a multiple of this (8 or 16 for GPU tensor cores); a smaller rank is kept
         inplace:bool=False, # Rewrite and return the model given, without copying it first; weights nothing else holds lend their memory to the factors
-        method:str='svd', # 'svd': weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
-        sequential:bool=False, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs)
+        method:str|None=None, # 'svd' (default): weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
+        sequential:bool|None=None, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs); default False
         cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
-        refine:int=0, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); 0: closed form only
-        sensitivity:str='jacobian', # With `budget` and data, how layers' errors are weighed: 'jacobian', 'measured' or 'spectrum' (see the Sensitivity page)
-        weigh_outputs:bool=False, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward)
-        n_batches:int|None=None, # Calibrate on at most this many batches of `data`
+        refine:int|None=None, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); default 0: closed form only
+        sensitivity:str|None=None, # With `budget` and a data-aware method, how layers' errors are weighed: 'jacobian' (default), 'measured' or 'spectrum' (see the Sensitivity page)
+        weigh_outputs:bool|None=None, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward); default False
+        n_batches:int|None=None, # With a data-aware method, calibrate on at most this many batches of `data`
+        distributed:bool|None=None, # With a data-aware method, sum the calibration over the processes of the initialised `torch.distributed` group, each passing its own share of `data`: every process gets the model one process would get on all of it ([distributed calibration](distributed.html)); default False
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
+        recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'speed', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
     ):
-        given = {k:v for k,v in dict(rank_ratio=rank_ratio, energy_threshold=energy_threshold, rank=rank, budget=budget).items()
-                 if v is not None}
-        if len(given) > 1: raise ValueError(f"choose one rank policy, got {', '.join(f'{k}={v!r}' for k,v in given.items())}")
-        if not given: rank_ratio = 0.5
-        if rank_ratio is not None: check_fraction(rank_ratio, 'rank_ratio')
-        if energy_threshold is not None: check_fraction(energy_threshold, 'energy_threshold')
-        if budget is not None: check_fraction(budget, 'budget', top=False)
-        if isinstance(rank, dict):
-            for p,k in rank.items(): check_rank(k, f'rank[{p!r}]')
-        elif rank is not None: check_rank(rank)
-        if method not in ('svd', 'asvd', 'whiten'): raise ValueError(f"method must be 'svd', 'asvd' or 'whiten', got {method!r}")
-        if sequential and method == 'svd': raise ValueError("sequential=True calibrates on data: choose method='asvd' or 'whiten'")
-        if not isinstance(refine, int) or refine < 0: raise ValueError(f"refine must be a number of epochs, an int >= 0, got {refine!r}")
-        if refine and not sequential: raise ValueError(f"refine={refine} refines block by block: set sequential=True")
-        if weigh_outputs and method != 'whiten': raise ValueError(f"weigh_outputs=True weighs whitening's output errors: set method='whiten' (not {method!r})")
-        if sensitivity not in ('jacobian', 'measured', 'spectrum'): raise ValueError(f"sensitivity must be 'jacobian', 'measured' or 'spectrum', got {sensitivity!r}")
-        if n_batches is not None: check_rank(n_batches, 'n_batches')
-        for o,v in dict(layers=layers, exclude=exclude).items():
-            if v is not None and (isinstance(v, (str, type)) or not all(isinstance(e, (str, type)) for e in v)):
-                raise ValueError(f"{o} must be a list of module names, globs or classes, got {v!r}")
-        store_attr()
-        self.report,self.ranks,self.spectra,self.weights,self.output_weights,self.refined,self.check = None,{},{},{},{},{},{}
+        given = {k:v for k,v in locals().items() if k not in ('self', 'recipe', 'inplace', 'progress')}
+        o = resolve_options(recipe, given)
+        check_options(o)
+        for k in given: setattr(self, k, o.get(k))
+        self.recipe,self.inplace,self.progress = recipe,inplace,progress
+        self.report,self.ranks,self.spectra,self.sensitivities,self.curvature,self.refined,self.check = None,{},{},{},{},{},{}
+
+    @property
+    def uses_data(self)->bool: "Whether `decompose` calibrates on data: a data-aware `method`"; return self.method != 'svd'
+    @property
+    def spectral(self)->bool: "Whether the rank policy reads each layer's spectrum (`energy_threshold`, `budget`)"; return self.energy_threshold is not None or self.budget is not None
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #534ed88c
 @patch
@@ -209,7 +232,7 @@ def all_finite(t:Tensor, # Tensor checked
     "Whether `t` holds no NaN or Inf, read off its minimum and maximum (a NaN propagates to both): no temporary is made"
     return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all())
 
-def _check(name, lin):
+def _factorisable(name, lin):
     "Raise a `ValueError` naming the layer `name` if `lin` can't be factorised"
     ps = dict(lin.named_parameters())
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in ps.values()):
@@ -220,20 +243,20 @@ def _check(name, lin):
         if not all_finite(p): raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {pn}")
 
 @patch
-def _plan(self:FC_Decomposer, model:nn.Module)->list[dict]:
-    "One row per linear layer of `model`: its name, shape, current rank and why it is left as it is (`reason`), checked"
+def _select(self:FC_Decomposer, model:nn.Module)->list[LayerPlan]:
+    "A `LayerPlan` per linear layer of `model`, selected or with the reason it is left; the selected ones checked"
     blocks,rows = blocked(model),[]
     for lin,name in named_linears(model).items():
         reason = self._reason(model, name, lin, blocks)
-        if reason is None: _check(name, lin)
+        if reason is None: _factorisable(name, lin)
         m,n = features(lin)
-        rows.append(dict(name=name, lin=lin, in_features=n, out_features=m, rank=None, reason=reason, selected=reason is None,
-                         top=min(m, n, lin[0].out_features if is_pair(lin) else n), params_before=sum(p.numel() for p in lin.parameters())))
+        rows.append(LayerPlan(name, lin, n, m, sum(p.numel() for p in lin.parameters()), min(m, n, lin[0].out_features if is_pair(lin) else n),
+                              selected=reason is None, reason=reason))
     for o in ('layers', 'rank'):
         pats = getattr(self, o)
         if not isinstance(pats, (list, tuple, dict)): continue
         for p in pats:
-            if not any(matches(p, model, r['name']) for r in rows): raise ValueError(f"{o} entry {p!r} matches no linear layer of the model")
+            if not any(matches(p, model, r.name) for r in rows): raise ValueError(f"{o} entry {p!r} matches no linear layer of the model")
     return rows
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #40ca08ed
@@ -243,39 +266,59 @@ def _explicit_rank(self:FC_Decomposer, model, name)->int:
     if not isinstance(self.rank, dict): return self.rank
     return next(k for p,k in self.rank.items() if matches(p, model, name))
 
-@patch
-def _choose_ranks(self:FC_Decomposer, model, rows, spectra):
-    "Set each row's `rank` by the policy chosen, from its spectrum in `spectra` (`{name: singular values}`) where the policy needs one"
-    if self.budget is not None:
-        target = self.budget*sum(r['params_before'] for r in rows)
-        ks = allocate_budget([(spectra[r['name']], r['out_features'], r['in_features']) for r in rows], int(target),
-                             [self.weights[r['name']] for r in rows] if self.weights else None)
-    for i,r in enumerate(rows):
-        m,n = r['out_features'],r['in_features']
-        if self.budget is not None: k = ks[i]
-        elif self.energy_threshold is not None: k = rank_from_energy(spectra[r['name']], self.energy_threshold)
-        elif self.rank is not None:
-            k = self._explicit_rank(model, r['name'])
-            if k > min(m, n): r['reason'],k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
-        else: k = rank_from_ratio(m, n, self.rank_ratio)
-        if is_pair(r['lin']) and k >= r['top']: r['reason'] = f"already at rank {r['top']}"
-        elif self.skip_unprofitable and factored_params(m, n, k) >= r['params_before']:
-            r['reason'] = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r['params_before']:,}"
-        else: r['rank'] = k
+def _where(lin:nn.Module)->tuple:
+    "`(dtype, device)` a layer runs in, as `faster_as_pair` takes them"
+    w = weight_param(lin)
+    return w.dtype,str(w.device)
 
-# %% ../../nbs/misc/fc_decomposer.ipynb #ba6afe1b
+@patch
+def _choose_ranks(self:FC_Decomposer, model, rows:list[LayerPlan], spectra:dict):
+    "Set each plan's `rank` by the policy chosen, from its spectrum in `spectra` (`{name: singular values}`) where the policy needs one"
+    if self.budget is not None:
+        ks = allocate_budget([(spectra[r.name], r.out_features, r.in_features, r.params_before) for r in rows],
+                             int(self.budget*sum(r.params_before for r in rows)),
+                             [self.sensitivities[r.name] for r in rows] if self.sensitivities else None)
+    for i,r in enumerate(rows):
+        m,n = r.out_features,r.in_features
+        if self.budget is not None:
+            k = ks[i]
+            if k is None: r.reason = "kept whole by the budget"; continue
+        elif self.energy_threshold is not None: k = rank_from_energy(spectra[r.name], self.energy_threshold)
+        elif self.param_ratio is not None: k = rank_from_params(m, n, r.params_before, self.param_ratio)
+        elif self.rank is not None:
+            k = self._explicit_rank(model, r.name)
+            if k > min(m, n): r.reason,k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
+        else: k = rank_from_ratio(m, n, self.rank_ratio)
+        if self.rank_multiple: k = round_rank(k, self.rank_multiple)
+        if is_pair(r.lin) and k >= r.top: r.reason = f"already at rank {r.top}"
+        elif self.skip_unprofitable and factored_params(m, n, k) >= r.params_before:
+            r.reason = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r.params_before:,}"
+        elif self.faster_at and not faster_as_pair(m, n, k, self.faster_at, *_where(r.lin)):
+            r.reason = f"not faster as a pair of rank {k} on {self.faster_at} row(s)"
+        else: r.rank = k
+
+@patch
+def plan(self:FC_Decomposer,
+    model:nn.Module, # The model (not modified)
+)->list[LayerPlan]:
+    "What `decompose` would do to each linear layer of `model`, without any SVD: selected or why not, and the rank when the policy needs no spectrum"
+    rows = self._select(model)
+    if not self.spectral: self._choose_ranks(model, [r for r in rows if r.selected], {})
+    return rows
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #cc94b639
 @patch
 def _bar(self:FC_Decomposer, rows:list)->list:
     "`rows` in a progress bar when `progress` asks for one (`None`: when the layers take more than about a second)"
     show = self.progress
-    if show is None: show = sum(min(r['in_features'], r['out_features'])**2*max(r['in_features'], r['out_features']) for r in rows) > 2e10
+    if show is None: show = sum(min(r.in_features, r.out_features)**2*max(r.in_features, r.out_features) for r in rows) > 2e10
     return progress_bar(rows, leave=False) if show and rows else rows
 
 @patch
-def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, weights:Tensor|None=None):
-    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give (whitening: in the norm its output features' `weights` give)"
-    if isinstance(stats, PairStats): return CorrectedSVD(linear_weight(lin), stats, weights=weights)
-    if stats is not None: return data_svd(linear_weight(lin), stats, self.method, weights)
+def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, g:Tensor|None=None):
+    "The factorisation of `lin` that `method` asks for: of its weight (leaner when its rank `k` is given, from the factors for a pair), or in the basis its calibration `stats` give (whitening: in the norm its output curvature `g` gives)"
+    if isinstance(stats, PairStats): return CorrectedSVD(linear_weight(lin), stats, g=g)
+    if stats is not None: return data_svd(linear_weight(lin), stats, self.method, g)
     return FactorSVD(lin[0].weight, lin[1].weight) if is_pair(lin) else LowRankSVD(linear_weight(lin), k=k)
 
 def _sole_weight(lin:nn.Module)->bool:
@@ -288,100 +331,100 @@ def _sole_weight(lin:nn.Module)->bool:
             and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin._parameters`, `p`, the call; users of the memory: `p`, `s`
 
 @patch
-def _replace(self:FC_Decomposer, res:nn.Module, r:dict, lr, stats)->nn.Module:
-    "Replace the layer of row `r` in `res` by its rank-`r['rank']` pair, from `lr` or a new factorisation; returns the root"
-    r.pop('lin', None)   # the row lets go of the original layer, so that it is freed once replaced
-    k,old = r['rank'],res.get_submodule(r['name'])
-    reuse = self.inplace and lr is None and stats is None and _sole_weight(old)
-    lr = lr or self._svd(old, stats, k if reuse else None, self.output_weights.get(r['name']))
-    a,b = lr.factors(k, overwrite=reuse)
+def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Module:
+    "Replace the layer of plan `r` in `res` by its rank-`r.rank` pair, from the factorisation `fac` or a new one; returns the root"
+    r.lin = None   # the plan lets go of the original layer, so that it is freed once replaced
+    k,old = r.rank,res.get_submodule(r.name)
+    reuse = self.inplace and fac is None and stats is None and _sole_weight(old)
+    fac = fac or self._svd(old, stats, k if reuse else None, self.curvature.get(r.name))
+    a,b = fac.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
-    pair,note = low_rank_linear(a, b, old),dropped(old)
-    r['energy_kept'],r['rel_error'] = truncation_error(lr.s, k)
-    self.spectra[r['name']] = lr.s.cpu()
-    r['params_after'] = factored_params(r['out_features'], r['in_features'], k)
-    if isinstance(lr, CorrectedSVD):
-        r['rel_error'] = lr.error(b)
-        with torch.no_grad(): pair[1].bias += lr.bias_shift(b).to(pair[1].bias)
+    pair,note = low_rank_linear(a, b, old, overwrite=reuse),dropped(old)
+    r.energy_kept,r.rel_error = truncation_error(fac.s, k)
+    self.spectra[r.name] = fac.s.cpu()
+    r.params_after = factored_params(r.out_features, r.in_features, k)
+    if isinstance(fac, CorrectedSVD):
+        r.rel_error = fac.error(b)
+        with torch.no_grad(): pair[1].bias += fac.bias_shift(b).to(pair[1].bias)
     elif stats is not None:
-        w,v = linear_weight(old),lr.dual(b)   # `W' = b vᵀ W`
-        r['rel_error'] = output_error(b, w, stats, self.method == 'whiten', v)
+        w,v = linear_weight(old),fac.dual(b)   # `W' = b vᵀ W`
+        r.rel_error = output_error(b, w, stats, self.method == 'whiten', v)
         if self.method == 'whiten':
             with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats, v).to(pair[1].bias)
-    if note: r['reason'] = note
+    if note: r.reason = note
+    if self.distributed: broadcast_(*pair.parameters())   # rank 0's factors in every process, whatever its hardware rounded
     return swap_module(res, old, pair)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #2b9a0dd6
 @patch
 def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
     "Calibration statistics of the layers of `rows` on `data`, and their names in the order the model runs them"
-    if self.method == 'svd' or not rows: return {},[]
+    if not self.uses_data or not rows: return {},[]
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
-    spectral = self.energy_threshold is not None or self.budget is not None
-    n = 1 if self.sequential and not spectral else self.n_batches   # sequential calibration only needs the order from this pass
-    stats,order = collect_stats(model, {r['name']:r['lin'] for r in rows}, data, n, moments=spectral or not self.sequential)
+    n = 1 if self.sequential and not self.spectral else self.n_batches   # sequential calibration only needs the order from this pass
+    stats,order = collect_stats(model, {r.name:r.lin for r in rows}, data, n, moments=self.spectral or not self.sequential, distributed=self.distributed)
     for r in rows:
-        if r['name'] not in order and n == self.n_batches: raise ValueError(f"layer '{r['name']}' never ran on the calibration data: exclude it, or use method='svd'")
+        if r.name not in order and n == self.n_batches: raise ValueError(f"layer '{r.name}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
 
 @patch
 def _sequential(self:FC_Decomposer,
     orig:nn.Module, # The original model (never modified)
     res:nn.Module, # The model being decomposed, in place
-    rows:list, # Rows of the layers to decompose, in the order the model runs them
+    rows:list[LayerPlan], # Plans of the layers to decompose, in the order the model runs them
     data, # Calibration data
     refine:int|None=None, # Epochs of block refinement (`None`: `refine`'s)
 )->nn.Module:
     "Decompose the layers of `rows` in `res` block by block ([sequential calibration](sequential.html)), each on its inputs in the model decomposed so far"
-    by_name = {r['name']:r for r in rows}
+    by_name = {r.name:r for r in rows}
     def replace(res, names, stats):
         for n in names: res = self._replace(res, by_name[n], None, stats[n])
         return res
     show = self.progress if self.progress is not None else len(rows) > 24
-    self.refined = {}
-    return sequential_walk(orig, res, list(by_name), data, replace, self.method == 'whiten', self.n_batches, self.cache_dtype, show,
-                           self.refine if refine is None else refine, self.refined)
+    res,self.refined = sequential_walk(orig, res, list(by_name), data, replace, paired=self.method == 'whiten', n_batches=self.n_batches,
+                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine if refine is None else refine, distributed=self.distributed)
+    return res
 
 @patch
 def _checked(self:FC_Decomposer,
     orig:nn.Module, # The original model (never modified)
     res:nn.Module, # The model being decomposed, in place
-    rows:list, # Rows of the layers to decompose (in the order the model runs them, for `sequential`), with the allocation's ranks
+    rows:list[LayerPlan], # Plans of the layers the budget covers (in the order the model runs them, for `sequential`), with the allocation's ranks (`None`: kept whole)
     data, # Calibration data
     build, # `build(res, rows, refine)` decomposes the layers of `rows` in `res` at their ranks (`refine`: epochs of block refinement); returns the root
 )->nn.Module:
     "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters; keep the model whose output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)); with `refine`, refine the one kept"
-    shapes = [(r['out_features'], r['in_features'], r['params_before']) for r in rows]
-    spent = sum(factored_params(m, n, r['rank']) for (m,n,_),r in zip(shapes, rows))
-    for r in rows: r.pop('lin', None)   # the layers are read from `res`, and put back from `orig`
+    shapes = [(r.out_features, r.in_features, r.params_before) for r in rows]
+    spent = sum(p if r.rank is None else factored_params(m, n, r.rank) for (m,n,p),r in zip(shapes, rows))
+    for r in rows: r.lin = None   # the layers are read from `res`, and put back from `orig`
     def make(res, ks, refine, fresh):
-        if fresh:   # the original layers back, sharing `orig`'s tensors
-            for r in rows:
-                lin = orig.get_submodule(r['name'])
-                res = swap_module(res, res.get_submodule(r['name']), copy.deepcopy(lin, {id(t):t for t in _held(lin)}))
-        self.spectra,walked = {},[{**r, 'rank':k} for r,k in zip(rows, ks)]
-        return build(res, walked, refine),walked
+        if fresh:   # the original layers back, sharing `orig`'s tensors where they are about to be replaced
+            for r,k in zip(rows, ks):
+                lin = orig.get_submodule(r.name)
+                res = swap_module(res, res.get_submodule(r.name), copy.deepcopy(lin, {id(t):t for t in _held(lin)} if k else None))
+        self.spectra,walked = {},[replace(r, rank=k, reason=r.reason if k is None else None) for r,k in zip(rows, ks)]
+        return build(res, [r for r in walked if r.rank], refine),walked
     runs = {}
-    for how,ks in (('allocation', [r['rank'] for r in rows]), ('even', even_ranks(shapes, spent))):
-        if runs and ks == [r['rank'] for r in runs['allocation'][1]]: break   # the same ranks: the same model
+    for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent))):
+        if runs and ks == [r.rank for r in runs['allocation'][1]]: break   # the same ranks: the same model
         res,walked = make(res, ks, 0, bool(runs))
-        runs[how] = (output_distortion(res, orig, data, self.n_batches), walked, {r['name']:res.get_submodule(r['name']) for r in rows}, self.spectra)
+        runs[how] = (output_distortion(res, orig, data, self.n_batches, self.distributed), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
     self.check = {how:v[0] for how,v in runs.items()}
     _,walked,layers,self.spectra = runs[closest(self.check)]
-    if self.refine: res,walked = make(res, [r['rank'] for r in walked], self.refine, True)   # the ranks chosen in closed form
+    if self.refine: res,walked = make(res, [r.rank for r in walked], self.refine, True)   # the ranks chosen in closed form
     else:
         for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
-    for r,w in zip(rows, walked): r.clear(); r.update(w)
+    for r,w in zip(rows, walked): vars(r).update(vars(w))
     return res
 
 @patch
 def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
     "`{name: sensitivity}` of the layers of `rows`, by `sensitivity` (empty for 'spectrum': each layer's error relative to its own)"
-    layers = {r['name']:r['lin'] for r in rows}
-    if self.sensitivity == 'jacobian':   # the mean diagonals of the output weights, when `weigh_outputs` took them
-        return {n:float(g.diagonal().mean()) for n,g in self.output_weights.items()} or jacobian_sensitivity(model, layers, data, self.n_batches)
+    layers = {r.name:r.lin for r in rows}
+    if self.sensitivity == 'jacobian':   # the mean diagonals of the curvatures, when `weigh_outputs` took them: the same numbers
+        return {n:float(g.diagonal().mean()) for n,g in self.curvature.items()} or jacobian_sensitivity(model, layers, data, self.n_batches, distributed=self.distributed)
     if self.sensitivity == 'measured':
-        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None)
+        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None, self.distributed)
     return {}
 
 def _held(lin:nn.Module)->list[Tensor]:
@@ -394,52 +437,55 @@ def decompose(self:FC_Decomposer,
     data=None, # Calibration data for `method` 'asvd' or 'whiten': a fastai `DataLoaders`/`DataLoader`, a torch `DataLoader`, an iterable of batches, or a tensor
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
-    rows,n_params = self._plan(model),sum(p.numel() for p in model.parameters())
-    todo,self.spectra = [r for r in rows if r['reason'] is None],{}
+    if self.distributed: group_size()   # a process group must be initialised: fail before any work
+    rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
+    todo,self.spectra = [r for r in rows if r.selected],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
+    if data is not None and not self.uses_data:
+        warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
-    spectral = self.energy_threshold is not None or self.budget is not None
-    self.output_weights = jacobian_sensitivity(model, {r['name']:r['lin'] for r in todo}, data, self.n_batches, full=True) if self.weigh_outputs else {}
+    self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
     later,factors,spectra = not self.sequential or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
-    for r in (self._bar(todo) if spectral else []):
-        f = self._svd(r['lin'], stats.get(r['name']), weights=self.output_weights.get(r['name']))
-        spectra[r['name']] = f.s   # weighed: of G^½WL, the norm the layer is truncated in
-        if later: factors[r['name']] = f
-    self.weights = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
+    for r in (self._bar(todo) if self.spectral else []):
+        f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
+        spectra[r.name] = f.s   # weighed: of G^½WL, the norm the layer is truncated in
+        if later: factors[r.name] = f
+    self.sensitivities = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
-    todo = [r for r in todo if r['rank']]
-    checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks
-    factors = {r['name']:factors[r['name']] if checked else factors[r['name']].keep(r['rank']) for r in todo} if spectral and not self.sequential else {}
+    if self.distributed:   # rank 0's ranks: spectra that differ in their last bits (on unlike hardware) could pick others
+        for r,(k,why) in zip(todo, from_rank0([(r.rank, r.reason) for r in todo])): r.rank,r.reason = k,why
+    checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
+    if not checked: todo = [r for r in todo if r.rank]
+    factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors} if not self.sequential else {}
     if self.sequential: stats.clear()   # the walk sums its own, a block at a time: these would be held to the end
     orig = copy.deepcopy(model) if self.inplace and (self.sequential or checked) else model   # the original stream runs on it, the check compares with it
-    res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo for t in _held(r['lin'])})
+    res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo if r.rank for t in _held(r.lin)})   # what is replaced is shared, not copied
     self.check = {}
     if self.sequential:
-        todo = sorted(todo, key=lambda r: order.index(r['name']) if r['name'] in order else len(order))
+        todo = sorted(todo, key=lambda r: order.index(r.name) if r.name in order else len(order))
         walk = lambda res, rows, refine=None: self._sequential(orig, res, rows, data, refine)
         res = self._checked(orig, res, todo, data, walk) if checked else walk(res, todo)
     elif checked:   # the factorisations serve both candidates
         def build(res, rows, refine):
-            for r in self._bar(rows): res = self._replace(res, r, factors[r['name']], stats[r['name']])
+            for r in self._bar(rows): res = self._replace(res, r, factors[r.name], stats[r.name])
             return res
         res = self._checked(orig, res, todo, data, build)
     else:
-        for r in self._bar(todo): res = self._replace(res, r, factors.pop(r['name'], None), stats.pop(r['name'], None))
-    self.ranks = {r['name']:r['rank'] for r in rows if r['rank'] is not None}
+        for r in self._bar(todo): res = self._replace(res, r, factors.pop(r.name, None), stats.pop(r.name, None))
+    self.ranks = {r.name:r.rank for r in rows if r.rank is not None}
     self.report = self._report(rows, n_params)
     return keep_off_fast_path(record_ranks(res, self.ranks))
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #0ab86771
 @patch
-def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
+def _report(self:FC_Decomposer, rows:list[LayerPlan], n_params:int)->DecompositionReport:
     cols = 'name in_features out_features rank params_before params_after energy_kept rel_error reason'.split()
-    for r in rows:
-        for c,v in dict(params_after=r['params_before'], energy_kept=1.0, rel_error=0.0).items(): r.setdefault(c, v)
-    df = DecompositionReport([{c:r[c] for c in cols} for r in rows], columns=cols).astype(dict(rank='Int64'))
-    if self.weights: df['sensitivity'] = [self.weights.get(r['name']) for r in rows]
+    df = DecompositionReport([{**{c:getattr(r, c) for c in cols}, 'params_after':r.params_before if r.params_after is None else r.params_after}
+                              for r in rows], columns=cols).astype(dict(rank='Int64'))
+    if self.sensitivities: df['sensitivity'] = [self.sensitivities.get(r.name) for r in rows]
     df.model_params = n_params
     if self.budget is not None:
-        sel = df[[r['selected'] for r in rows]]
+        sel = df[[r.selected for r in rows]]
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
     if self.check: df.check = self.check
     return df
@@ -448,7 +494,7 @@ def _report(self:FC_Decomposer, rows, n_params)->DecompositionReport:
 def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or one holding some, has a `config`
                  ranks:dict, # `{layer name: rank}` of the layers just factorised
                 )->nn.Module:
-    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so `save_pretrained` saves them"
+    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so that `save_pretrained` saves them, and the code that rebuilds them from `transformers` alone (`portable`)"
     done = set()
     for p,m in model.named_modules():
         cfg = getattr(m, 'config', None)   # a `transformers` model's (with `config_class`): a wrapper may only pass on its model's
@@ -458,7 +504,8 @@ def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or
         if not mine: continue
         old = (getattr(cfg, 'fasterai', None) or {}).get('ranks', {})
         cfg.fasterai = dict(version=__version__, ranks={**old, **mine})
-    return model
+    from fasterai.misc.huggingface import portable   # (it imports this module)
+    return portable(model)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ac676886
 @patch(cls_method=True)
@@ -472,7 +519,7 @@ def from_ranks(cls:FC_Decomposer,
         try: lin = model.get_submodule(name)
         except AttributeError: raise ValueError(f"ranks names '{name}', which is not a module of the model") from None
         if not is_linear(lin): raise ValueError(f"ranks names '{name}', a {type(lin).__name__}, not a linear layer (nn.Linear, Conv1D or a pair)")
-        if check_rank(k, f"ranks[{name!r}]") > min(features(lin)):
+        if as_rank(k, f"ranks[{name!r}]") > min(features(lin)):
             raise ValueError(f"ranks[{name!r}] = {k} is more than min(m, n) = {min(features(lin))}")
     res = model if inplace else copy.deepcopy(model)
     for name,k in ranks.items():
@@ -513,13 +560,13 @@ def plot_sensitivity(self:FC_Decomposer,
 ):
     "What `budget` spent: each layer's weighted error left at each rank, the rank chosen marked, and the fraction of rank kept; returns the figure"
     import matplotlib.pyplot as plt
-    names = [n for n in self.weights if n in self.ranks]
+    names = [n for n in self.sensitivities if n in self.ranks]
     if not names: raise ValueError("no sensitivity to plot: decompose with `budget`, data and sensitivity='jacobian' or 'measured' first")
     fig,(a1,a2) = plt.subplots(1, 2, figsize=figsize)
     dots = []
     for i,n in enumerate(names):
         e = self.spectra[n].double().square()
-        left = ((e.sum() - e.cumsum(0))*self.weights[n])[:-1]   # at full rank nothing is left: no point on a log scale
+        left = ((e.sum() - e.cumsum(0))*self.sensitivities[n])[:-1]   # at full rank nothing is left: no point on a log scale
         k = self.ranks[n]
         a1.semilogy(range(1, len(e)), left.numpy(), color=f'C{i%10}', label=n)
         if k < len(e): a1.plot([k], [float(left[k-1])], 'o', color=f'C{i%10}'); dots.append(float(left[k-1]))

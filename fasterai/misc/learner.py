@@ -26,14 +26,15 @@ def _new_opt(learn:Learner,
 @patch
 @delegates(FC_Decomposer, but=['inplace'])
 def decompose_fc(self:Learner,
-    n_batches:int|None=16, # Calibration batches of `dls.train` for the data-aware methods
-    **kwargs, # `FC_Decomposer` options: rank policy, `method`, layers...
+    n_batches:int|None=None, # Calibration batches of `dls.train` for the data-aware methods (default 16)
+    **kwargs, # `FC_Decomposer` options: rank policy, `method`, `recipe`, layers...
 )->DecompositionReport: # The per-layer report
     "Factorise the `nn.Linear` layers of `self.model` in place, calibrating on `self.dls.train`, and recreate the optimizer"
-    fc = FC_Decomposer(inplace=True, n_batches=n_batches, **kwargs)
+    fc = FC_Decomposer(inplace=True, **kwargs)
+    if fc.uses_data or n_batches is not None: fc = FC_Decomposer(inplace=True, n_batches=n_batches or 16, **kwargs)
     frozen,sd = getattr(self.opt, 'frozen_idx', 0),(self.opt.state_dict() if self.opt else None)
     self.opt = None   # it holds the weights: without it, their memory can go to the factors
-    try: self.model = fc.decompose(self.model, self.dls.train if fc.method != 'svd' else None)
+    try: self.model = fc.decompose(self.model, self.dls.train if fc.uses_data else None)
     except Exception: _new_opt(self, frozen, sd); raise   # the model is as it was: so is the optimizer
     self.model.zero_grad(set_to_none=True)   # a gradient left on a parameter frozen now would let weight decay change it
     _new_opt(self, frozen)
@@ -46,7 +47,7 @@ class FCDecomposeCallback(Callback):
     order = 5 # Before the schedulers (`ParamScheduler` is 60), so the first decomposed batch is scheduled too
     def __init__(self,
         at_epoch:int=1, # Epoch (counted from 0) at whose start the model is decomposed
-        n_batches:int|None=16, # Calibration batches of `dls.train` for the data-aware methods
+        n_batches:int|None=None, # Calibration batches of `dls.train` for the data-aware methods (default 16)
         **kwargs, # `FC_Decomposer` options: rank policy, `method`, layers...
     ):
         store_attr('at_epoch,n_batches')

@@ -6,10 +6,10 @@
 from __future__ import annotations
 import inspect, warnings
 import torch
-from fastai.torch_core import to_device
 from fastprogress.fastprogress import progress_bar
 from torch import nn, Tensor
-from .calibration import LayerStats, PairStats, Seen, calibration_batches, cross_from_inputs, padding_mask
+from .calibration import LayerStats, PairStats, Seen, calibration_batches, cross_from_inputs, on_device, padding_mask, real_rows
+from .distributed import all_layer_stats, all_objects, all_pair_stats, merge_groups
 from .fast_svd import trim_heap
 from .refinement import refine
 from .surgery import linear_bias
@@ -126,6 +126,7 @@ class Replay:
         self.kept,self.saved,self.hooks = {},{},[]
 
 
+
 # %% ../../nbs/misc/sequential.ipynb #09aa6ee6
 def catch_inputs(model:nn.Module, # Model run
                  block:nn.Module, # The block whose inputs are caught
@@ -157,10 +158,6 @@ def advance(inp:tuple, # `(args, kwargs)` a block was called with
     return ((h, *args[1:]), kwargs) if args else ((), {**kwargs, 'hidden_states':h})
 
 # %% ../../nbs/misc/sequential.ipynb #b9f19fdf
-def _rows(t:Tensor|None, keep:Tensor|None)->Tensor|None:
-    "The rows of `t` at the real (unpadded) positions, when they line up with the mask `keep`"
-    return t[keep] if t is not None and keep is not None and t.shape[:-1] == keep.shape else t
-
 def record(layers:dict, # `{name: layer}` of the original model whose outputs are recorded
            run, # `run(i)` runs calibration batch `i` through the original unit
            keeps:list, # The attention mask of each batch, or `None`
@@ -173,9 +170,9 @@ def record(layers:dict, # `{name: layer}` of the original model whose outputs ar
     def on(m, x, y):
         for n in names[m]:
             if n not in keys: keys[n] = x.data_ptr(),x.shape,x.stride(); held.append(x)   # held: no later input reuses its memory
-            r = _rows(y, keep)
+            r = real_rows(y, keep)
             if not cross_from_inputs(m): ys[n].append(r.to(dtype or y.dtype, copy=r is y)); continue   # a copy: what runs after may change `y` in place
-            xr = _rows(x, keep)
+            xr = real_rows(x, keep)
             ys[n].append(Seen.of(xr.to(dtype or x.dtype, copy=xr is x), r, ys[n][0].off if ys[n] else None))   # around the first batch's offset
     tap = Tap(names, on, stop)
     try:
@@ -190,6 +187,7 @@ def stream_stats(layers:dict, # `{name: layer}` of the model being decomposed, c
                  run, # `run(i)` runs calibration batch `i` through the decomposed unit
                  keeps:list, # The attention mask of each batch, or `None`
                  ys:dict|None=None, # What the original layers computed (`record`): `PairStats`; `None`: `LayerStats` of the new stream alone
+                 distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own batches ([distributed calibration](distributed.html))
                 )->dict:
     "`{name: PairStats}` (or `LayerStats`) of `layers` on the new stream, over the calibration batches; layers reading the same tensor share their `PairStats` moments of it"
     stats,by,owner = {n:(LayerStats if ys is None else PairStats)(l) for n,l in layers.items()},{},{}
@@ -198,15 +196,16 @@ def stream_stats(layers:dict, # `{name: layer}` of the model being decomposed, c
     def on(m, x, y):
         key = x.data_ptr(),x.shape,x.stride()
         for n in by[m]:
-            if ys is None: stats[n].update(_rows(x, keep), _rows(y, keep), linear_bias(m)); continue
+            if ys is None: stats[n].update(real_rows(x, keep), real_rows(y, keep), linear_bias(m)); continue
             o = seen.setdefault(key, (n, x))[0]   # `x` held: no later input of this batch reuses its memory
             if i == 0 and o != n and not (stats[n].outputs or stats[o].outputs): stats[n],owner[n] = PairStats(m, stats[o]),o
             if owner.get(n, o) != o: raise RuntimeError(f"layer '{n}' no longer reads what '{owner[n]}' reads")
-            stats[n].update(ys[n][i], _rows(x, keep), _rows(y, keep), linear_bias(m))
+            stats[n].update(ys[n][i], real_rows(x, keep), real_rows(y, keep), linear_bias(m))
     tap = Tap(by, on, before=ys is not None and not any(s.outputs for s in stats.values()))   # outputs unused: never computed
     try:
         for i,keep in enumerate(keeps): seen.clear(); tap.run(lambda: run(i))
     finally: tap.remove()
+    if distributed: stats = (all_layer_stats if ys is None else all_pair_stats)(stats)
     for n,s in stats.items():
         if not s.finite: raise ValueError(f"layer '{n}' has non-finite (NaN or Inf) activations on the calibration data")
         if not s.rows: raise ValueError(f"layer '{n}' never ran on the calibration data: exclude it, or use method='svd'")
@@ -238,13 +237,14 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     cache_dtype:torch.dtype|None=None, # Dtype of the activations cached between passes (`None`: the model's)
                     show:bool=False, # Show a progress bar over the blocks
                     refine_epochs:int=0, # Epochs of [block refinement](refinement.html) after each block is decomposed (0: none)
-                    refined:dict|None=None, # Filled with each refined block's mean squared output error on the calibration data, `(before, after)`
-                   )->nn.Module:
-    "Decompose the layers `names` of `res` in order, block by block (outside the blocks: whole-model passes), each calibrated on its inputs in the model decomposed so far"
+                    distributed:bool=False, # Sum the statistics over the processes of the `torch.distributed` group, each walking its own batches ([distributed calibration](distributed.html)); `replace` must give every process the same layers
+                   )->tuple[nn.Module, dict]:
+    "Decompose the layers `names` of `res` in order, block by block (outside the blocks: whole-model passes), each calibrated on its inputs in the model decomposed so far; returns the root and `{block: (before, after)}`, each refined block's mean squared output error on the calibration data"
+    if refine_epochs and distributed: raise ValueError("refinement takes Adam steps over one process's batches: it is not done across processes (distributed=True)")
     p = next(orig.parameters(), None)
     device,dtype = (p.device,p.dtype) if p is not None else (None,None)
     nocache = {'use_cache': False} if 'use_cache' in inspect.signature(orig.forward).parameters else {}   # a cache would grow at each block call
-    batches = [(a, {**kw, **nocache}) for a,kw in (to_device(b, device) for b in calibration_batches(data, n_batches))]
+    batches = [(a, {**kw, **nocache}) for a,kw in (on_device(b, device) for b in calibration_batches(data, n_batches))]
     keeps,blocks,units = [padding_mask(kw) for _,kw in batches],find_blocks(res, names),[]
     if refine_epochs and not blocks: warnings.warn(f"{type(res).__name__} has no repeated blocks holding the layers: nothing is refined")
     for n in names:   # (block or None, its layers), in the order the model runs them
@@ -255,9 +255,9 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
     call = lambda blk,s: lambda i: blk(*_to(s[i], dtype)[0], **s[i][1])
     step = lambda run,s: [_to(advance(o, run(i)), cache_dtype) for i,o in enumerate(s)]   # the stream `s` on, by `run`
     def group(res, ns, ys, run):
-        stats = stream_stats({n:res.get_submodule(n) for n in ns}, run, keeps, ys if paired else None)
+        stats = stream_stats({n:res.get_submodule(n) for n in ns}, run, keeps, ys if paired else None, distributed)
         return replace(res, ns, stats)
-    streams,at,modes = None,None,{m:m.training for m in [*orig.modules(), *res.modules()]}
+    streams,at,modes,refined = None,None,{m:m.training for m in [*orig.modules(), *res.modules()]},{}
     try:
         orig.eval(); res.eval()
         with torch.no_grad():
@@ -278,6 +278,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     for j in range(at, i):   # pass both streams on through the blocks in between
                         streams = [step(call(m.get_submodule(blocks[j]), s), s) for m,s in zip((orig, res), streams)]
                 ys,groups,outs = record({n:orig.get_submodule(n) for n in ns}, call(orig.get_submodule(b), streams[0]), keeps, cache_dtype, stop=False)
+                if distributed: groups = merge_groups(all_objects((groups, [n for n in ns if ys[n]])))   # every process calibrates the same groups
                 blk = res.get_submodule(b)
                 run = call(blk, streams[1])
                 rp = Replay(blk, run, [hidden(o).numel() for o in streams[1]])
@@ -289,13 +290,13 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     if not refine_epochs: new = step(rp, streams[1])
                 finally: rp.close()   # refinement moves the factors: what was kept would be stale
                 if refine_epochs:   # the block's new factors fitted together to its original outputs
-                    tgt = [_rows(hidden(advance(o, out)), k) for o,out,k in zip(streams[0], outs, keeps)]
-                    err = lambda i: (_rows(hidden(advance(streams[1][i], run(i))), keeps[i]) - tgt[i]).float().square().mean()
+                    tgt = [real_rows(hidden(advance(o, out)), k) for o,out,k in zip(streams[0], outs, keeps)]
+                    err = lambda i: (real_rows(hidden(advance(streams[1][i], run(i))), keeps[i]) - tgt[i]).float().square().mean()
                     r = refine([p for n in ns for p in res.get_submodule(n).parameters()], err, len(batches), refine_epochs)
-                    if refined is not None: refined[b] = r
+                    refined[b] = r
                     new = step(run, streams[1])
                 streams,at = [[_to(advance(o, out), cache_dtype) for o,out in zip(streams[0], outs)],new],i+1
                 del ys,outs; trim_heap()   # what the block left free goes back to the OS
     finally:
         for m,t in modes.items(): m.training = t
-    return res
+    return res,refined
