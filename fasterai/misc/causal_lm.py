@@ -55,6 +55,7 @@ def causal_lm_dls(train, # Training text: a list of documents (read with `tokeni
                   tokenizer=None, # A `transformers` tokenizer, to read lists of documents
                   seq_len:int=256, # Tokens per window
                   bs:int=8, # Windows per batch
+                  num_workers:int=0, # Worker processes: none by default, a window being a slice of a tensor in memory
                   **kwargs, # Passed to `DataLoaders.from_dsets`, e.g. `device`
                  )->DataLoaders:
     "`DataLoaders` of `TokenWindows` of `train` (shuffled) and `valid`, each window with its next tokens as targets"
@@ -67,7 +68,7 @@ def causal_lm_dls(train, # Training text: a list of documents (read with `tokeni
         least = bs if name == 'train' else 1   # fastai drops the training set's last incomplete batch
         if len(w) < least: raise ValueError(f"{name}: {len(w.ids)} tokens make {len(w)} window(s) of seq_len={seq_len} (and their targets), fewer than {least}")
         return w
-    return DataLoaders.from_dsets(windows(train, 'train'), windows(valid, 'valid'), bs=bs, **kwargs)
+    return DataLoaders.from_dsets(windows(train, 'train'), windows(valid, 'valid'), bs=bs, num_workers=num_workers, **kwargs)
 
 # %% ../../nbs/misc/causal_lm.ipynb #b43fbc83
 class LogitsCallback(Callback):
