@@ -103,3 +103,10 @@ def test_benchmark_quick(tmp_path, monkeypatch):
         assert len(ppl) == 5 and ppl[-1] < ppl[0], x   # before, at each quarter, after
     n = {(x[0], x[1]):int(x[2].replace(',', '')) for x in rows}
     assert n['40%', 'factors'] < n['20%', 'factors'] < n['40%', 'all'] < n['0%', 'all'], n
+
+def test_transformers_alone_after_fine_tune(tmp_path):
+    "A fine-tuned decomposed model saved with `save_pretrained` loads with `transformers` alone (`trust_remote_code=True`) and computes the same"
+    learn = tuned(llama(), tmp_path)
+    learn.model.save_pretrained(tmp_path/'lm')
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path/'lm', trust_remote_code=True)
+    same(back, learn.model, learn.dls.valid.one_batch()[0])
