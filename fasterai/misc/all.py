@@ -17,10 +17,12 @@ import warnings
 with warnings.catch_warnings():   # fastai's import uses `torch.jit.script`, which torch deprecates: nothing our users can act on
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     from fasterai.misc.learner import FCDecomposeCallback   # and `Learner.decompose_fc`
+    from fasterai.misc.causal_lm import causal_lm_dls, causal_lm_learner, DistillCallback
     from fasterai.misc.demo import compare, digits_dls, digits_net, latency_ms
 
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
 __all__ = ['FC_Decomposer', 'RECIPES', 'DecompositionReport', 'LayerPlan', 'OptionError', 'linear_params', 'factored_params',
            'rank_from_ratio', 'rank_from_params', 'rank_from_energy', 'truncation_error', 'allocate_budget', 'even_ranks',
            'LowRankLinear', 'is_linear', 'named_linears', 'load_pretrained', 'text_batches', 'SentenceEmbedding',
-           'FCDecomposeCallback', 'jacobian_sensitivity', 'output_distortion', 'shard', 'compare', 'digits_dls', 'digits_net', 'latency_ms']
+           'FCDecomposeCallback', 'causal_lm_dls', 'causal_lm_learner', 'DistillCallback',
+           'jacobian_sensitivity', 'output_distortion', 'shard', 'compare', 'digits_dls', 'digits_net', 'latency_ms']

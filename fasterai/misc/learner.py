@@ -36,6 +36,7 @@ def decompose_fc(self:Learner,
     self.opt = None   # it holds the weights: without it, their memory can go to the factors
     try: self.model = fc.decompose(self.model, self.dls.train if fc.uses_data else None)
     except Exception: _new_opt(self, frozen, sd); raise   # the model is as it was: so is the optimizer
+    self.model.zero_grad(set_to_none=True)   # a gradient left on a parameter frozen now would let weight decay change it
     _new_opt(self, frozen)
     return fc.report
 
