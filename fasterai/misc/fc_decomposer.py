@@ -229,16 +229,18 @@ def _factorisable(name, lin):
         raise ValueError(f"layer '{name}' is an uninitialised nn.LazyLinear: run a forward pass before decomposing")
     for pn,p in ps.items():
         if p.is_meta: raise ValueError(f"layer '{name}' has its {pn} on the meta device: its values are not loaded (a model built "
-                                       "on the meta device, or offloaded by accelerate); load the weights before decomposing")
+                                       "on the meta device); load the weights, or decompose its checkpoint with `decompose_checkpoint`")
         if not all_finite(p): raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {pn}")
 
 @patch
-def _select(self:FC_Decomposer, model:nn.Module)->list[LayerPlan]:
+def _select(self:FC_Decomposer, model:nn.Module,
+            check:bool=True, # Check the selected layers' values now (`False`: a [streamed](streaming.html) model, whose weights are read later, checks each as it reads it)
+           )->list[LayerPlan]:
     "A `LayerPlan` per linear layer of `model`, selected or with the reason it is left; the selected ones checked"
     blocks,rows = blocked(model),[]
     for lin,name in named_linears(model).items():
         reason = self._reason(model, name, lin, blocks)
-        if reason is None: _factorisable(name, lin)
+        if reason is None and check: _factorisable(name, lin)
         m,n = features(lin)
         rows.append(LayerPlan(name, lin, n, m, sum(p.numel() for p in lin.parameters()), min(m, n, lin[0].out_features if is_pair(lin) else n),
                               selected=reason is None, reason=reason))
@@ -290,11 +292,13 @@ def plan(self:FC_Decomposer,
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #cc94b639
 @patch
-def _bar(self:FC_Decomposer, rows:list)->list:
-    "`rows` in a progress bar when `progress` asks for one (`None`: when the layers take more than about a second)"
-    show = self.progress
+def _bar(self:FC_Decomposer, rows:list,
+         items:list|None=None, # What is shown in the bar (default: `rows`), e.g. the blocks that hold them
+        )->list:
+    "`items` in a progress bar when `progress` asks for one (`None`: when the layers of `rows` take more than about a second)"
+    show,items = self.progress,rows if items is None else items
     if show is None: show = sum(min(r.in_features, r.out_features)**2*max(r.in_features, r.out_features) for r in rows) > 2e10
-    return progress_bar(rows, leave=False) if show and rows else rows
+    return progress_bar(items, leave=False) if show and items else items
 
 @patch
 def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, g:Tensor|None=None):
@@ -304,11 +308,11 @@ def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, g:Tensor|Non
     return FactorSVD(lin[0].weight, lin[1].weight) if is_pair(lin) else LowRankSVD(linear_weight(lin), k=k)
 
 def _sole_weight(lin:nn.Module)->bool:
-    "Whether `lin`'s weight can give its memory to a factor: a plain `nn.Linear` weight, float32, on the CPU, alone in its memory, and held by `lin` alone"
+    "Whether `lin`'s weight can give its memory to a factor: a plain `nn.Linear` weight, float32 or half precision, on the CPU, alone in its memory, and held by `lin` alone"
     p,count = lin._parameters.get('weight') if isinstance(lin, nn.Linear) else None,getattr(torch._C, '_storage_Use_Count', None)
     if p is None or count is None: return False
     s = p.untyped_storage()
-    return (p.device.type == 'cpu' and p.dtype == torch.float32 and p.is_contiguous()
+    return (p.device.type == 'cpu' and p.dtype in (torch.float32, torch.bfloat16, torch.float16) and p.is_contiguous()
             and p.storage_offset() == 0 and s.nbytes() == p.numel()*p.element_size() and s.resizable()
             and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin._parameters`, `p`, the call; users of the memory: `p`, `s`
 
@@ -418,6 +422,8 @@ def decompose(self:FC_Decomposer,
     data=None, # Calibration data for `method` 'asvd' or 'whiten': a fastai `DataLoaders`/`DataLoader`, a torch `DataLoader`, an iterable of batches, or a tensor
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
+    from .streaming import offloaded   # (streaming builds on this module)
+    if offloaded(model): return self._through_hooks(model, data)   # weights accelerate loads at each call: a block at a time, through its hooks
     rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r.selected],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
