@@ -95,7 +95,7 @@ def test_bfloat16_checkpoint(tmp_path):
 def test_errors_leave_nothing(tmp_path):
     model,kw = tiny('llama')
     model.save_pretrained(tmp_path/'src')
-    cases = [(dict(method='whiten', sequential=True), [kw], OptionError, 'sequential=True is not streamed'),
+    cases = [(dict(method='whiten', sequential=True), [kw], OptionError, 'sequential=True is not done a block at a time'),
              (dict(method='whiten', weigh_outputs=True), [kw], OptionError, 'weigh_outputs=True runs backward passes'),
              (dict(method='whiten', budget=0.5), [kw], OptionError, 'with data compares whole models'),
              (dict(method='whiten'), None, ValueError, 'calibrates on data: pass `data`'),
@@ -182,7 +182,7 @@ def test_offloaded_in_place_frees(tmp_path):
     new = FC_Decomposer(method='whiten', inplace=True).decompose(om, [kw])
     assert new is om and n - len(held) == 7*2 + 1
     with torch.no_grad(): torch.testing.assert_close(new(**kw).logits, FC_Decomposer(method='whiten').decompose(model, [kw])(**kw).logits)
-    with pytest.raises(OptionError, match='sequential=True is not streamed'): FC_Decomposer(method='whiten', sequential=True).decompose(om, [kw])
+    with pytest.raises(OptionError, match='sequential=True is not done a block at a time'): FC_Decomposer(method='whiten', sequential=True).decompose(om, [kw])
 
 GROWTH = """import sys, torch, transformers
 from fasterai.misc.all import *

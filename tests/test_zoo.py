@@ -203,3 +203,10 @@ def test_sequential_replay_changes_nothing(name, monkeypatch):
     with torch.no_grad(): a,b = s.outputs(full.eval(), args, kwargs),s.outputs(served.eval(), args, kwargs)
     for x,y in zip(a, b): torch.testing.assert_close(y, x, atol=1e-5*float(x.abs().max()), rtol=1e-5)
     check_untouched(name)
+
+@pytest.mark.parametrize('name', names())
+def test_speed_rule_leaves_every_layer_at_full_rank(name):
+    "At rank_ratio 1.0 no pair is smaller, so none is faster: the speed rule (`faster_at`) leaves every layer, and no model gets slower"
+    model = ZOO[name].build()
+    plans = FC_Decomposer(rank_ratio=1.0, faster_at=1).plan(model)
+    assert all(p.rank is None for p in plans), [(p.name, p.rank) for p in plans if p.rank]

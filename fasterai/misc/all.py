@@ -13,6 +13,7 @@ from .surgery import LowRankLinear, is_linear, named_linears
 from .huggingface import load_pretrained, text_batches, SentenceEmbedding
 from .streaming import skeleton, NotStreamable   # and `FC_Decomposer.decompose_checkpoint`
 from .sensitivity import jacobian_sensitivity, output_distortion
+from .distributed import shard
 import warnings
 with warnings.catch_warnings():   # fastai's import uses `torch.jit.script`, which torch deprecates: nothing our users can act on
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -23,4 +24,4 @@ with warnings.catch_warnings():   # fastai's import uses `torch.jit.script`, whi
 __all__ = ['FC_Decomposer', 'RECIPES', 'DecompositionReport', 'LayerPlan', 'OptionError', 'linear_params', 'factored_params',
            'rank_from_ratio', 'rank_from_params', 'rank_from_energy', 'truncation_error', 'allocate_budget', 'even_ranks',
            'LowRankLinear', 'is_linear', 'named_linears', 'load_pretrained', 'text_batches', 'SentenceEmbedding', 'skeleton', 'NotStreamable',
-           'FCDecomposeCallback', 'jacobian_sensitivity', 'output_distortion', 'compare', 'digits_dls', 'digits_net', 'latency_ms']
+           'FCDecomposeCallback', 'jacobian_sensitivity', 'output_distortion', 'shard', 'compare', 'digits_dls', 'digits_net', 'latency_ms']

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math, sys
 import torch
+from .distributed import all_layer_stats, all_objects, merge_orders
 from .fast_svd import LowRankSVD, eigh_upper, fill_lower, gram
 from .surgery import features, linear_bias, linear_weight, weight_param
 from torch import nn, Tensor
@@ -195,6 +196,7 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
                   data, # Calibration data, as `calibration_batches` takes it
                   n_batches:int|None=None, # Use at most this many batches
                   moments:bool=True, # Sum the moments; `False`: only find the order (the statistics are then `{}`)
+                  distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                  )->tuple[dict, list]:
     "`{name: LayerStats}` of `layers` over the calibration batches, and their names in the order the model first ran them"
     stats,order,names = {n:LayerStats(l) for n,l in layers.items()} if moments else {},[],{}
@@ -222,6 +224,7 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
     finally:
         for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
+    if distributed: stats,order = all_layer_stats(stats),merge_orders(all_objects(order))
     if not order: raise ValueError("the calibration data gave no batch that ran through the layers: it is empty, or they are not used")
     return stats,order
 

@@ -35,7 +35,7 @@ def parser()->argparse.ArgumentParser:
     g.add_argument('--rank', type=int, help='rank kept in every layer')
     g.add_argument('--budget', type=float, help="fraction of the selected layers' parameters kept in total, spent where it costs least")
     g.add_argument('--param-ratio', type=float, help="fraction of each selected layer's parameters kept (0.8: 20%% compression)")
-    d.add_argument('--recipe', help="a named setting: fast, vision_head, sentence_encoder or causal_lm (the other flags override it)")
+    d.add_argument('--recipe', help="a named setting: fast, speed, vision_head, sentence_encoder or causal_lm (the other flags override it)")
     d.add_argument('--method', choices=('svd', 'asvd', 'whiten'), help='svd (default), or a data-aware method, which needs --calib')
     d.add_argument('--sequential', action='store_true', default=None, help='calibrate each layer on its inputs in the model decomposed so far, block by block (whiten: towards the original outputs)')
     d.add_argument('--refine', type=int, metavar='EPOCHS', help="with --sequential, fit each block's new factors to its original outputs for EPOCHS epochs (default 0: closed form only)")
@@ -50,8 +50,10 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--layers', nargs='+', metavar='PATTERN', help='only these layers (names or globs)')
     d.add_argument('--exclude', nargs='+', metavar='PATTERN', help='never these layers (names or globs)')
     d.add_argument('--skip-unprofitable', action='store_true', default=None, help='leave layers that would not shrink')
-    d.add_argument('--device', help='where the layers are computed, e.g. cuda: a model directory stays on disk and goes there a block at '
-                   'a time, any other model is moved there whole (default: cpu)')
+    d.add_argument('--faster-at', type=int, metavar='ROWS', help='leave layers whose pair does not run faster on ROWS input rows (1: decoding), timed here')
+    d.add_argument('--rank-multiple', type=int, help='round each rank down to a multiple of this')
+    d.add_argument('--device', help='where each layer (with --calib: each block) is computed, e.g. cuda: moved there from the disk or the '
+                   'CPU memory for its turn, and back (default: cpu)')
     d.add_argument('--force', action='store_true', help='overwrite OUTPUT if it exists')
     m = sub.add_parser('demo', help='offline demo on scikit-learn digits', description='Train, decompose and fine-tune on digits, offline')
     m.add_argument('--epochs', type=int, default=5, help='training epochs of the original model')
@@ -115,7 +117,8 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
 FLAGS = dict(rank_ratio='--rank-ratio', energy_threshold='--energy', rank='--rank', budget='--budget', param_ratio='--param-ratio',
              recipe='--recipe', method='--method', sequential='--sequential', refine='--refine', weigh_outputs='--weigh-outputs',
              sensitivity='--sensitivity', n_batches='--n-batches', layers='--layers', exclude='--exclude',
-             skip_unprofitable='--skip-unprofitable') # `FC_Decomposer`'s options, and the flags that set them
+             skip_unprofitable='--skip-unprofitable', faster_at='--faster-at', rank_multiple='--rank-multiple',
+             device='--device') # `FC_Decomposer`'s options, and the flags that set them
 
 def flag(name:str, # An option of `FC_Decomposer`
          value, # Its value, or `...` for the option alone
@@ -154,14 +157,13 @@ def stream_dir(fc, # The `FC_Decomposer`
                src:Path, # The model directory read
                dst:Path, # Where the decomposed one goes
                data, # Calibration data, or `None`
-               device:str|None, # Where the layers are computed (`None`: the CPU)
               ):
     "Decompose the checkpoint `src` a layer or a block at a time into a temporary directory beside `dst`, then rename it into place"
     from fasterai.misc.fc_decomposer import OptionError
     from fasterai.misc.streaming import NotStreamable
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.tmp'))
     try:
-        fc.decompose_checkpoint(src, tmp/dst.name, data, device=device)
+        fc.decompose_checkpoint(src, tmp/dst.name, data)
         _move_into_place(tmp/dst.name, dst)
     except NotStreamable: raise   # the caller loads the model whole
     except OptionError as e: raise CLIError(e.say(flag)) from None
@@ -170,7 +172,7 @@ def stream_dir(fc, # The `FC_Decomposer`
 
 def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc decompose` with the parsed arguments `a`"
-    from fasterai.misc.fc_decomposer import FC_Decomposer, OptionError
+    from fasterai.misc.fc_decomposer import FC_Decomposer, OptionError, whole_model
     from fasterai.misc.streaming import NotStreamable   # (and `FC_Decomposer.decompose_checkpoint`)
     src,dst = Path(a.input),Path(a.output)
     if dst.exists() and dst.resolve() == src.resolve(): raise CLIError(f"{dst}: is the input; write the decomposed model elsewhere")
@@ -181,16 +183,16 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     except OptionError as e: raise CLIError(e.say(flag)) from None
     if fc.uses_data and not a.calib: raise CLIError(f"{flag('method', fc.method)} calibrates on data: give it with --calib FILE")
     data = read_calib(Path(a.calib), src, a) if a.calib else None
-    streamed = streamable(src) and fc._unstreamed() is None
+    streamed = streamable(src) and whole_model(vars(fc)) is None
     if streamed:
-        try: stream_dir(fc, src, dst, data, a.device)
+        try: stream_dir(fc, src, dst, data)
         except NotStreamable as e:
             print(f"{src} is loaded whole: {e}", flush=True)
             streamed = False
     if not streamed:
         obj = read_model(src)
         model = obj.model if hasattr(obj, 'export') else obj
-        try: new = fc.decompose(model.to(a.device or 'cpu'), data).cpu()
+        try: new = fc.decompose(model, data)
         except ValueError as e: raise CLIError(str(e)) from None
         if hasattr(obj, 'export'): obj.model = new
         write_model(obj if hasattr(obj, 'export') else new, dst, src)

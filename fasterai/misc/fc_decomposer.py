@@ -12,17 +12,20 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
 from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
+from .distributed import broadcast_, from_rank0, group_size
 from .fast_svd import FactorSVD, LowRankSVD
 from .ranks import allocate_budget, even_ranks, factored_params, rank_from_energy, rank_from_params, rank_from_ratio, truncation_error
 from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
+from .speed import faster_as_pair, round_rank
 from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
-    linear_weight, low_rank_linear, named_linears, swap_module)
+    linear_weight, low_rank_linear, named_linears, swap_module, weight_param)
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['POLICIES', 'DEFAULTS', 'RECIPES', 'OptionError', 'as_fraction', 'as_rank', 'resolve_options', 'check_options',
-           'LayerPlan', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite', 'record_ranks']
+__all__ = ['POLICIES', 'DEFAULTS', 'RECIPES', 'OptionError', 'as_fraction', 'as_rank', 'resolve_options', 'whole_model',
+           'check_options', 'LayerPlan', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite',
+           'record_ranks']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
 class OptionError(ValueError):
@@ -61,9 +64,10 @@ def as_rank(value, # Value to check
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #2fef3d58
 POLICIES = ('rank_ratio', 'energy_threshold', 'rank', 'budget', 'param_ratio') # The rank policies: one applies
-DEFAULTS = dict(skip_unprofitable=False, method='svd', sequential=False, refine=0, weigh_outputs=False) # What an option left out is
+DEFAULTS = dict(skip_unprofitable=False, method='svd', sequential=False, refine=0, weigh_outputs=False, distributed=False) # What an option left out is
 RECIPES = dict( # Named settings: the options each stands for
     fast=dict(method='svd'),
+    speed=dict(param_ratio=0.6, method='whiten', faster_at=1),
     vision_head=dict(param_ratio=0.5, method='whiten'),
     sentence_encoder=dict(param_ratio=0.5, method='whiten', sequential=True, weigh_outputs=True),
     causal_lm=dict(budget=0.8, method='whiten', sequential=True, weigh_outputs=True),
@@ -82,6 +86,14 @@ def resolve_options(recipe:str|None, # A name of `RECIPES`, or `None`
     return res
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #72847532
+def whole_model(o:dict, # Every option's value, as `resolve_options` gives them
+               )->tuple|None:
+    "Why the options `o` need the whole model at once, not a block at a time ([streaming](streaming.html)): `OptionError`'s arguments, or `None`"
+    if o['sequential']: return ("{} is not done a block at a time yet", ('sequential', True))
+    if o['weigh_outputs']: return ("{} runs backward passes through the whole model", ('weigh_outputs', True))
+    if o.get('budget') is not None and o['method'] != 'svd': return ("a {} with data compares whole models", ('budget', o['budget']))
+    if o['distributed']: return ("{} is not done a block at a time yet", ('distributed', True))
+
 def check_options(o:dict, # Every option's value, as `resolve_options` gives them
                  ):
     "Raise an `OptionError` naming the option out of range, or the options that don't go together"
@@ -105,6 +117,14 @@ def check_options(o:dict, # Every option's value, as `resolve_options` gives the
     r = o['refine']
     if isinstance(r, bool) or not isinstance(r, int) or r < 0: raise OptionError(f"{{}} must be a number of epochs, an int >= 0, got {r!r}", ('refine', ...))
     if r and not o['sequential']: raise OptionError("{} refines block by block: set {}", ('refine', r), ('sequential', True))
+    if o['distributed'] and not data: raise OptionError("{} sums the calibration over processes, which {} does not use", ('distributed', True), ('method', method))
+    if o['distributed'] and r: raise OptionError("{} takes Adam steps over one process's batches: it is not done with {}", ('refine', r), ('distributed', True))
+    d = o.get('device')
+    if d is not None:
+        try: torch.device(d)
+        except (RuntimeError, TypeError): raise OptionError(f"{{}} must be a torch device such as 'cuda', got {d!r}", ('device', ...)) from None
+        why = whole_model(o)
+        if why: raise OptionError(why[0] + ": leave {} out, and move the model to the device", *why[1:], ('device', d))
     cd = o.get('cache_dtype')
     if cd is not None and not (isinstance(cd, torch.dtype) and cd.is_floating_point): raise OptionError(f"{{}} must be a floating torch.dtype, got {cd!r}", ('cache_dtype', ...))
     if cd is not None and not o['sequential']: raise OptionError("{} is the dtype of the walk's cache: set {}", ('cache_dtype', cd), ('sequential', True))
@@ -114,6 +134,8 @@ def check_options(o:dict, # Every option's value, as `resolve_options` gives the
         if s not in ('jacobian', 'measured', 'spectrum'): raise OptionError(f"{{}} must be 'jacobian', 'measured' or 'spectrum', got {s!r}", ('sensitivity', ...))
         if o.get('budget') is None: raise OptionError("{} weighs how a {} is spent: give a budget, or leave sensitivity out", ('sensitivity', s), ('budget', ...))
         if not data and s != 'spectrum': raise OptionError("{} is measured on data, which {} does not use: choose {}", ('sensitivity', s), ('method', method), ('method', 'whiten'))
+    for k in ('faster_at', 'rank_multiple'):
+        if o.get(k) is not None: as_rank(o[k], k)
     nb = o.get('n_batches')
     if nb is not None:
         as_rank(nb, 'n_batches')
@@ -185,6 +207,8 @@ class FC_Decomposer:
         layers:list|None=None, # Only these layers: names, globs or module classes (default: every linear layer)
         exclude:list|None=None, # Never these layers: names, globs or module classes
         skip_unprofitable:bool|None=None, # Leave a layer as it is when its pair would not have fewer parameters (default False)
+        faster_at:int|None=None, # Leave a layer as it is when its pair does not run 1.1x as fast on this many input rows (1: decoding a token, one image; batch x sequence for an encoder), timed on this machine ([speed](speed.html))
+        rank_multiple:int|None=None, # Round each rank down to a multiple of this (8 or 16 for GPU tensor cores); a smaller rank is kept
         inplace:bool=False, # Rewrite and return the model given, without copying it first; weights nothing else holds lend their memory to the factors
         method:str|None=None, # 'svd' (default): weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
         sequential:bool|None=None, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs); default False
@@ -193,8 +217,10 @@ class FC_Decomposer:
         sensitivity:str|None=None, # With `budget` and a data-aware method, how layers' errors are weighed: 'jacobian' (default), 'measured' or 'spectrum' (see the Sensitivity page)
         weigh_outputs:bool|None=None, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward); default False
         n_batches:int|None=None, # With a data-aware method, calibrate on at most this many batches of `data`
+        distributed:bool|None=None, # With a data-aware method, sum the calibration over the processes of the initialised `torch.distributed` group, each passing its own share of `data`: every process gets the model one process would get on all of it ([distributed calibration](distributed.html)); default False
+        device:str|torch.device|None=None, # Where each layer (data-aware: each block) is computed: moved there from CPU memory, a checkpoint or accelerate's offload for its turn, and back, so the model never needs to fit (GPU onloading, [streaming](streaming.html)); default: where the model is
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
-        recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
+        recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'speed', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
     ):
         given = {k:v for k,v in locals().items() if k not in ('self', 'recipe', 'inplace', 'progress')}
         o = resolve_options(recipe, given)
@@ -258,6 +284,11 @@ def _explicit_rank(self:FC_Decomposer, model, name)->int:
     if not isinstance(self.rank, dict): return self.rank
     return next(k for p,k in self.rank.items() if matches(p, model, name))
 
+def _where(lin:nn.Module)->tuple:
+    "`(dtype, device)` a layer runs in, as `faster_as_pair` takes them"
+    w = weight_param(lin)
+    return w.dtype,str(w.device)
+
 @patch
 def _choose_ranks(self:FC_Decomposer, model, rows:list[LayerPlan], spectra:dict):
     "Set each plan's `rank` by the policy chosen, from its spectrum in `spectra` (`{name: singular values}`) where the policy needs one"
@@ -276,9 +307,12 @@ def _choose_ranks(self:FC_Decomposer, model, rows:list[LayerPlan], spectra:dict)
             k = self._explicit_rank(model, r.name)
             if k > min(m, n): r.reason,k = f"rank {k} clipped to min(m, n) = {min(m, n)}",min(m, n)
         else: k = rank_from_ratio(m, n, self.rank_ratio)
+        if self.rank_multiple: k = round_rank(k, self.rank_multiple)
         if is_pair(r.lin) and k >= r.top: r.reason = f"already at rank {r.top}"
         elif self.skip_unprofitable and factored_params(m, n, k) >= r.params_before:
             r.reason = f"unprofitable: rank {k} gives {factored_params(m, n, k):,} parameters, not fewer than {r.params_before:,}"
+        elif self.faster_at and not faster_as_pair(m, n, k, self.faster_at, *_where(r.lin)):
+            r.reason = f"not faster as a pair of rank {k} on {self.faster_at} row(s)"
         else: r.rank = k
 
 @patch
@@ -325,7 +359,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Mod
     fac = fac or self._svd(old, stats, k if reuse else None, self.curvature.get(r.name))
     a,b = fac.factors(k, overwrite=reuse)
     if reuse: old.weight.data = old.weight.new_empty(0)   # its memory now holds a factor
-    pair,note = low_rank_linear(a, b, old),dropped(old)
+    pair,note = low_rank_linear(a, b, old, overwrite=reuse),dropped(old)
     r.energy_kept,r.rel_error = truncation_error(fac.s, k)
     self.spectra[r.name] = fac.s.cpu()
     r.params_after = factored_params(r.out_features, r.in_features, k)
@@ -338,6 +372,7 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Mod
         if self.method == 'whiten':
             with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats, v).to(pair[1].bias)
     if note: r.reason = note
+    if self.distributed: broadcast_(*pair.parameters())   # rank 0's factors in every process, whatever its hardware rounded
     return swap_module(res, old, pair)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #2b9a0dd6
@@ -347,7 +382,7 @@ def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
     if not self.uses_data or not rows: return {},[]
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
     n = 1 if self.sequential and not self.spectral else self.n_batches   # sequential calibration only needs the order from this pass
-    stats,order = collect_stats(model, {r.name:r.lin for r in rows}, data, n, moments=self.spectral or not self.sequential)
+    stats,order = collect_stats(model, {r.name:r.lin for r in rows}, data, n, moments=self.spectral or not self.sequential, distributed=self.distributed)
     for r in rows:
         if r.name not in order and n == self.n_batches: raise ValueError(f"layer '{r.name}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
@@ -367,7 +402,7 @@ def _sequential(self:FC_Decomposer,
         return res
     show = self.progress if self.progress is not None else len(rows) > 24
     res,self.refined = sequential_walk(orig, res, list(by_name), data, replace, paired=self.method == 'whiten', n_batches=self.n_batches,
-                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine if refine is None else refine)
+                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine if refine is None else refine, distributed=self.distributed)
     return res
 
 @patch
@@ -393,7 +428,7 @@ def _checked(self:FC_Decomposer,
     for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent))):
         if runs and ks == [r.rank for r in runs['allocation'][1]]: break   # the same ranks: the same model
         res,walked = make(res, ks, 0, bool(runs))
-        runs[how] = (output_distortion(res, orig, data, self.n_batches), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
+        runs[how] = (output_distortion(res, orig, data, self.n_batches, self.distributed), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
     self.check = {how:v[0] for how,v in runs.items()}
     _,walked,layers,self.spectra = runs[closest(self.check)]
     if self.refine: res,walked = make(res, [r.rank for r in walked], self.refine, True)   # the ranks chosen in closed form
@@ -407,9 +442,9 @@ def _sensitivity(self:FC_Decomposer, model, rows, factors, stats, data)->dict:
     "`{name: sensitivity}` of the layers of `rows`, by `sensitivity` (empty for 'spectrum': each layer's error relative to its own)"
     layers = {r.name:r.lin for r in rows}
     if self.sensitivity == 'jacobian':   # the mean diagonals of the curvatures, when `weigh_outputs` took them: the same numbers
-        return {n:float(g.diagonal().mean()) for n,g in self.curvature.items()} or jacobian_sensitivity(model, layers, data, self.n_batches)
+        return {n:float(g.diagonal().mean()) for n,g in self.curvature.items()} or jacobian_sensitivity(model, layers, data, self.n_batches, distributed=self.distributed)
     if self.sensitivity == 'measured':
-        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None)
+        return measured_sensitivity(model, layers, factors, data, self.n_batches, stats if self.method == 'whiten' else None, self.distributed)
     return {}
 
 def _held(lin:nn.Module)->list[Tensor]:
@@ -422,15 +457,16 @@ def decompose(self:FC_Decomposer,
     data=None, # Calibration data for `method` 'asvd' or 'whiten': a fastai `DataLoaders`/`DataLoader`, a torch `DataLoader`, an iterable of batches, or a tensor
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
-    from .streaming import offloaded   # (streaming builds on this module)
-    if offloaded(model): return self._through_hooks(model, data)   # weights accelerate loads at each call: a block at a time, through its hooks
+    if self.distributed: group_size()   # a process group must be initialised: fail before any work
+    from .streaming import onloads   # (streaming builds on this module)
+    if onloads(model, self.device): return self._onloaded(model, data)   # a block at a time: through accelerate's hooks, or onto `device`
     rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r.selected],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")
     if data is not None and not self.uses_data:
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
-    self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True) if self.weigh_outputs else {}
+    self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
     later,factors,spectra = not self.sequential or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
     for r in (self._bar(todo) if self.spectral else []):
         f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
@@ -438,6 +474,8 @@ def decompose(self:FC_Decomposer,
         if later: factors[r.name] = f
     self.sensitivities = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
+    if self.distributed:   # rank 0's ranks: spectra that differ in their last bits (on unlike hardware) could pick others
+        for r,(k,why) in zip(todo, from_rank0([(r.rank, r.reason) for r in todo])): r.rank,r.reason = k,why
     checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
     if not checked: todo = [r for r in todo if r.rank]
     factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors} if not self.sequential else {}
@@ -478,7 +516,7 @@ def _report(self:FC_Decomposer, rows:list[LayerPlan], n_params:int)->Decompositi
 def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or one holding some, has a `config`
                  ranks:dict, # `{layer name: rank}` of the layers just factorised
                 )->nn.Module:
-    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so `save_pretrained` saves them"
+    "Record `ranks` in the config of each `transformers` model in `model` (`config.fasterai`, named from it, merged with any recorded before), so that `save_pretrained` saves them, and the code that rebuilds them from `transformers` alone (`portable`)"
     done = set()
     for p,m in model.named_modules():
         cfg = getattr(m, 'config', None)   # a `transformers` model's (with `config_class`): a wrapper may only pass on its model's
@@ -488,7 +526,8 @@ def record_ranks(model:nn.Module, # A decomposed model: a `transformers` one, or
         if not mine: continue
         old = (getattr(cfg, 'fasterai', None) or {}).get('ranks', {})
         cfg.fasterai = dict(version=__version__, ranks={**old, **mine})
-    return model
+    from fasterai.misc.huggingface import portable   # (it imports this module)
+    return portable(model)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ac676886
 @patch(cls_method=True)

@@ -4,9 +4,10 @@
 
 # %% ../../nbs/misc/sensitivity.ipynb #82f889ee
 from __future__ import annotations
-import torch
+import numpy as np, torch
 from torch import nn, Tensor
 from .calibration import add_gram, calibration_batches, mean_correction, on_device, padding_mask, real_rows
+from .distributed import all_sum, all_values, batch_offset
 from .fast_svd import fill_lower
 from .surgery import linear_weight, low_rank_linear, swap_module
 
@@ -33,6 +34,12 @@ def _distortion(out, # What a model returned
     "Squared distance of the main output of `out` from `ref`, summed over the real (unpadded) rows"
     return float(real_rows(model_output(out) - ref, keep).double().square().sum())
 
+def _draws(seed:int, # Seed of the projections
+           j:int, # The batch's place in the data (in every process's batches, in rank order, when distributed)
+          )->torch.Generator:
+    "The generator of batch `j`'s random projection, seeded from `(seed, j)` alone: the draws don't depend on which process reads the batch"
+    return torch.Generator().manual_seed(int(np.random.SeedSequence((seed, j)).generate_state(1)[0]))
+
 def _projection(out, # What a model returned
                 g:torch.Generator, # Generator of the random draws
                )->tuple[Tensor, Tensor]:
@@ -50,6 +57,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                          n_batches:int|None=None, # Use at most this many batches
                          seed:int=0, # Seed of the random projections
                          full:bool=False, # Give each layer's `m` x `m` second moment of the gradients `G = E[ggᵀ]` (float64), not its mean diagonal
+                         distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                         )->dict:
     "`{name: g}`: the mean squared gradient of a random projection of the model's output with respect to each layer's output, per row and output feature (`full`: their second moment `G`, per row)"
     outs,sums,rows,keep = {},{},{},None   # sums and rows per module: layers sharing one share them
@@ -57,14 +65,15 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
     for n,l in layers.items(): names.setdefault(l, []).append(n)
     def hook(m, args, y):
         if y.requires_grad: outs.setdefault(m, []).append(y)
-    g = torch.Generator().manual_seed(seed)
     handles,modes = [l.register_forward_hook(hook) for l in names],{m:m.training for m in model.modules()}
     try:
         model.eval()
-        for args,kwargs in _batches(model, data, n_batches):
+        batches = _batches(model, data, n_batches)
+        first = batch_offset(len(batches)) if distributed else 0
+        for j,(args,kwargs) in enumerate(batches, first):
             outs.clear(); keep = padding_mask(kwargs)
             with torch.enable_grad():
-                f,r = _projection(model(*args, **kwargs), g)
+                f,r = _projection(model(*args, **kwargs), _draws(seed, j))
                 if keep is not None and f.shape[:-1] == keep.shape: r = r*keep[..., None]   # padded outputs are nobody's: they cost nothing
                 ms = [m for m in names if m in outs]
                 ys = [y for m in ms for y in outs[m]]
@@ -83,9 +92,14 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
     finally:
         for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
+    if distributed:   # a layer that did not run here sums zeros
+        for l in names:
+            if l not in sums: sums[l] = torch.zeros(*(len(linear_weight(l)),)*(1+full), dtype=torch.float64, device=linear_weight(l).device)
+        all_sum(*(sums[l] for l in names))
+        rows = dict(zip(names, all_values([rows.get(l, 0) for l in names])))
     res = {}
     for l,ns in names.items():
-        v = sums[l]/rows[l] if l in sums else torch.zeros(*(len(linear_weight(l)),)*(1+full), dtype=torch.float64)   # a layer that never ran: 0
+        v = sums[l]/rows[l] if rows.get(l) else torch.zeros(*(len(linear_weight(l)),)*(1+full), dtype=torch.float64)   # a layer that never ran: 0
         if full: fill_lower(v)   # `add_gram` summed the upper triangle
         if not bool(torch.isfinite(v).all()): raise ValueError(f"layer '{ns[0]}': the gradients of the model's output with respect to its output are not finite (NaN or Inf)")
         for n in ns: res[n] = v if full else float(v.mean())
@@ -98,9 +112,10 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                          data, # Calibration data, as `calibration_batches` takes it
                          n_batches:int|None=None, # Use at most this many batches
                          stats:dict|None=None, # `{name: LayerStats}`: the truncated layers keep their mean output, as whitening's do
+                         distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                         )->dict:
     "`{name: g}`: the model's output distortion with each layer alone truncated at a quarter of its rank, per row and unit of the error its spectrum predicts"
-    batches,res = _batches(model, data, n_batches),{}
+    batches,got = _batches(model, data, n_batches),{}
     keeps,modes = [padding_mask(kw) for _,kw in batches],{m:m.training for m in model.modules()}
     try:
         model.eval()
@@ -118,16 +133,20 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                     dist = 0.
                     for (a,kw),r,keep in zip(batches, ref, keeps): dist += _distortion(model(*a, **kw), r, keep)
                 finally: swap_module(model, pair, l); h.remove()
-                res[n] = dist/max(float(lr.s[k:].double().square().sum())*rows[0], 1e-300)
+                got[n] = dist,rows[0],float(lr.s[k:].double().square().sum())
     finally:
         for m,t in modes.items(): m.training = t
-    return res
+    if distributed:   # each layer's distortion and rows, summed over the processes
+        s = iter(all_values([v for d,r,_ in got.values() for v in (d, r)]))
+        got = {n:(next(s), next(s), t) for n,(_,_,t) in got.items()}
+    return {n:d/max(t*r, 1e-300) for n,(d,r,t) in got.items()}
 
 # %% ../../nbs/misc/sensitivity.ipynb #c2e5a8f0
 def output_distortion(model:nn.Module, # Model measured (not modified)
                       ref:nn.Module, # Model it is compared with (not modified): the original
                       data, # Calibration data, as `calibration_batches` takes it
                       n_batches:int|None=None, # Use at most this many batches
+                      distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                      )->float:
     "Mean squared distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps)"
     dist,rows,modes = 0.,0,{m:m.training for m in [*model.modules(), *ref.modules()]}
@@ -139,6 +158,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified)
                 dist += _distortion(model(*a, **kw), r, keep); rows += real_rows(r, keep).numel()//max(r.shape[-1], 1)
     finally:
         for m,t in modes.items(): m.training = t
+    if distributed: dist,rows = all_values([dist, rows])
     return dist/max(rows, 1)
 
 

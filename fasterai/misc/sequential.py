@@ -9,6 +9,7 @@ import torch
 from fastprogress.fastprogress import progress_bar
 from torch import nn, Tensor
 from .calibration import LayerStats, PairStats, Seen, calibration_batches, cross_from_inputs, on_device, padding_mask, real_rows
+from .distributed import all_layer_stats, all_objects, all_pair_stats, merge_groups
 from .fast_svd import trim_heap
 from .refinement import refine
 from .surgery import linear_bias
@@ -186,6 +187,7 @@ def stream_stats(layers:dict, # `{name: layer}` of the model being decomposed, c
                  run, # `run(i)` runs calibration batch `i` through the decomposed unit
                  keeps:list, # The attention mask of each batch, or `None`
                  ys:dict|None=None, # What the original layers computed (`record`): `PairStats`; `None`: `LayerStats` of the new stream alone
+                 distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own batches ([distributed calibration](distributed.html))
                 )->dict:
     "`{name: PairStats}` (or `LayerStats`) of `layers` on the new stream, over the calibration batches; layers reading the same tensor share their `PairStats` moments of it"
     stats,by,owner = {n:(LayerStats if ys is None else PairStats)(l) for n,l in layers.items()},{},{}
@@ -203,6 +205,7 @@ def stream_stats(layers:dict, # `{name: layer}` of the model being decomposed, c
     try:
         for i,keep in enumerate(keeps): seen.clear(); tap.run(lambda: run(i))
     finally: tap.remove()
+    if distributed: stats = (all_layer_stats if ys is None else all_pair_stats)(stats)
     for n,s in stats.items():
         if not s.finite: raise ValueError(f"layer '{n}' has non-finite (NaN or Inf) activations on the calibration data")
         if not s.rows: raise ValueError(f"layer '{n}' never ran on the calibration data: exclude it, or use method='svd'")
@@ -234,8 +237,10 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     cache_dtype:torch.dtype|None=None, # Dtype of the activations cached between passes (`None`: the model's)
                     show:bool=False, # Show a progress bar over the blocks
                     refine_epochs:int=0, # Epochs of [block refinement](refinement.html) after each block is decomposed (0: none)
+                    distributed:bool=False, # Sum the statistics over the processes of the `torch.distributed` group, each walking its own batches ([distributed calibration](distributed.html)); `replace` must give every process the same layers
                    )->tuple[nn.Module, dict]:
     "Decompose the layers `names` of `res` in order, block by block (outside the blocks: whole-model passes), each calibrated on its inputs in the model decomposed so far; returns the root and `{block: (before, after)}`, each refined block's mean squared output error on the calibration data"
+    if refine_epochs and distributed: raise ValueError("refinement takes Adam steps over one process's batches: it is not done across processes (distributed=True)")
     p = next(orig.parameters(), None)
     device,dtype = (p.device,p.dtype) if p is not None else (None,None)
     nocache = {'use_cache': False} if 'use_cache' in inspect.signature(orig.forward).parameters else {}   # a cache would grow at each block call
@@ -250,7 +255,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
     call = lambda blk,s: lambda i: blk(*_to(s[i], dtype)[0], **s[i][1])
     step = lambda run,s: [_to(advance(o, run(i)), cache_dtype) for i,o in enumerate(s)]   # the stream `s` on, by `run`
     def group(res, ns, ys, run):
-        stats = stream_stats({n:res.get_submodule(n) for n in ns}, run, keeps, ys if paired else None)
+        stats = stream_stats({n:res.get_submodule(n) for n in ns}, run, keeps, ys if paired else None, distributed)
         return replace(res, ns, stats)
     streams,at,modes,refined = None,None,{m:m.training for m in [*orig.modules(), *res.modules()]},{}
     try:
@@ -273,6 +278,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     for j in range(at, i):   # pass both streams on through the blocks in between
                         streams = [step(call(m.get_submodule(blocks[j]), s), s) for m,s in zip((orig, res), streams)]
                 ys,groups,outs = record({n:orig.get_submodule(n) for n in ns}, call(orig.get_submodule(b), streams[0]), keeps, cache_dtype, stop=False)
+                if distributed: groups = merge_groups(all_objects((groups, [n for n in ns if ys[n]])))   # every process calibrates the same groups
                 blk = res.get_submodule(b)
                 run = call(blk, streams[1])
                 rp = Replay(blk, run, [hidden(o).numel() for o in streams[1]])

@@ -11,13 +11,13 @@ import torch
 from fastcore.basics import patch
 from torch import nn, Tensor
 from .calibration import calibration_batches, on_device, padding_mask
-from .fc_decomposer import FC_Decomposer, LayerPlan, OptionError, _factorisable, record_ranks
-from .huggingface import _model_class, params_on_meta
+from .fc_decomposer import FC_Decomposer, LayerPlan, OptionError, _factorisable, _held, record_ranks, whole_model
+from .huggingface import _as_base, _config, _model_class, _ranks, params_on_meta
 from .sequential import _passes_on, advance, block_of, catch_inputs, find_blocks, stream_stats
 from .surgery import keep_off_fast_path, named_linears
 
 # %% auto #0
-__all__ = ['DTYPES', 'Checkpoint', 'ShardWriter', 'skeleton', 'NotStreamable', 'copy_along', 'offloaded', 'Overlay']
+__all__ = ['DTYPES', 'Checkpoint', 'ShardWriter', 'skeleton', 'NotStreamable', 'copy_along', 'offloaded', 'onloads', 'Overlay']
 
 # %% ../../nbs/misc/streaming.ipynb #a920e499
 DTYPES = dict(F64=torch.float64, F32=torch.float32, F16=torch.float16, BF16=torch.bfloat16, I64=torch.int64, I32=torch.int32,
@@ -137,13 +137,11 @@ def skeleton(path:str|Path, # A `save_pretrained` directory
              cls:type|None=None, # The model class (default: the one `config.json` names in `architectures`)
             )->nn.Module:
     "The model saved at `path` built on the meta device, in eval mode, with the factorised structure its config records: no weight is read"
-    import transformers
-    try: config = transformers.AutoConfig.from_pretrained(path)
+    try: config = _config(Path(path))
     except Exception as e: raise ValueError(f"{path}: can't read a model's config.json from it ({type(e).__name__}: {e})".splitlines()[0]) from None
-    with params_on_meta(): model = _model_class(config, cls)(config)
+    with params_on_meta(), _as_base(config): model = _model_class(config, cls)(config)
     model.tie_weights()
-    ranks = (getattr(config, 'fasterai', None) or {}).get('ranks')
-    if ranks: FC_Decomposer.from_ranks(model, ranks, inplace=True)
+    if _ranks(config): FC_Decomposer.from_ranks(model, _ranks(config), inplace=True)
     return model.eval()
 
 # %% ../../nbs/misc/streaming.ipynb #9bee60fb
@@ -160,8 +158,8 @@ def _owners(model, p)->list:
     return [(f'{n}.{a}' if n else a, m, a) for n,m in model.named_modules(remove_duplicate=False) for a,q in m._parameters.items() if q is p]
 
 def _put(model, p, v):
-    "Put the tensor `v` in place of the parameter `p` wherever `model` holds it; returns the new parameter"
-    new = nn.Parameter(v, p.requires_grad and v.is_floating_point())
+    "Put the tensor `v` (a parameter as it is) in place of the parameter `p` wherever `model` holds it; returns the new parameter"
+    new = v if isinstance(v, nn.Parameter) else nn.Parameter(v, p.requires_grad and v.is_floating_point())
     for _,m,a in _owners(model, p): m._parameters[a] = new
     return new
 
@@ -231,14 +229,6 @@ def _replaying(blocks:list, outs:list|None):
             else: b.forward = f
 
 @patch
-def _unstreamed(self:FC_Decomposer)->tuple|None:
-    "Why the options can't be applied a block at a time (`OptionError`'s arguments), or `None`"
-    if self.sequential: return ("{} is not streamed yet: decompose the model in memory", ('sequential', True))
-    if self.weigh_outputs: return ("{} runs backward passes through the whole model: decompose it in memory", ('weigh_outputs', True))
-    if self.budget is not None and self.uses_data:
-        return ("a {} with data compares whole models: choose {}, or decompose the model in memory", ('budget', self.budget), ('method', 'svd'))
-
-@patch
 def _one(self:FC_Decomposer, model, r:LayerPlan, stats)->nn.Module:
     "Factorise the loaded layer of plan `r` (on its `stats`), its rank first chosen from its spectrum under `energy_threshold`; returns the root"
     _factorisable(r.name, model.get_submodule(r.name))
@@ -256,8 +246,8 @@ def _stream(self:FC_Decomposer,
     device=None, # Where the calibration batches go: the blocks' device
 )->nn.Module:
     "Decompose `model` a layer at a time (data-aware: a block at a time, on the original model's activations); sets `report` and `ranks`"
-    why = self._unstreamed()
-    if why: raise OptionError(*why)
+    why = whole_model(vars(self))
+    if why: raise OptionError(why[0] + ": decompose the model in memory", *why[1:])
     if data is not None and not self.uses_data:
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     if self.uses_data and data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data`")
@@ -347,11 +337,10 @@ def decompose_checkpoint(self:FC_Decomposer,
     src:str|Path, # A `save_pretrained` directory: `config.json` and safetensors weights, sharded or not
     dst:str|Path, # The directory written, which must not exist: the decomposed model, which `load_pretrained` reads
     data=None, # Calibration data for a data-aware `method`, as `decompose` takes it
-    device:str|torch.device|None=None, # Where each layer or block is loaded and computed, e.g. 'cuda' (default: the CPU)
     cls:type|None=None, # The model class (default: the one `config.json` names in `architectures`)
     max_shard_size:int=5*10**9, # Bytes of weights per file written; more are sharded, with `model.safetensors.index.json`
 )->Path:
-    "Decompose the checkpoint `src` into `dst` without loading the whole model: a layer (data-aware: a block) at a time; sets `report` and `ranks`"
+    "Decompose the checkpoint `src` into `dst` without loading the whole model: a layer (data-aware: a block) at a time, read onto `device`; sets `report` and `ranks`"
     src,dst = Path(src),Path(dst)
     if dst.exists(): raise ValueError(f"{dst}: exists: write the decomposed checkpoint to a new directory")
     if not dst.parent.is_dir(): raise ValueError(f"{dst.parent}: no such directory")
@@ -361,8 +350,8 @@ def decompose_checkpoint(self:FC_Decomposer,
     room = 64 + sum((3 if k in lin else 1)*(len(json.dumps(k)) + 160) for k in model.state_dict())   # a pair's three tensors where a layer's was
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.tmp'))
     try:
-        store = _FromCheckpoint(model, ckpt, ShardWriter(tmp, room, max_shard_size), device)
-        with _lending(self): model = self._stream(model, store, data, device)
+        store = _FromCheckpoint(model, ckpt, ShardWriter(tmp, room, max_shard_size), self.device)
+        with _lending(self): model = self._stream(model, store, data, self.device)
         store.finish()
         record_ranks(model, self.ranks).config.save_pretrained(tmp)
         copy_along(src, tmp)
@@ -380,6 +369,15 @@ def offloaded(model:nn.Module, # A model
              )->bool:
     "Whether accelerate offloads some of `model`'s weights (to the CPU or the disk) and loads them at each call"
     return any(_offload_hook(m) is not None for m in model.modules())
+
+def onloads(model:nn.Module, # A model
+            device:str|torch.device|None, # `FC_Decomposer`'s `device`
+           )->bool:
+    "Whether `decompose` takes `model` a block at a time: accelerate offloads it, or some of its weights are not on `device`"
+    if offloaded(model): return True
+    if device is None: return False
+    d = torch.device(device)
+    return any(t.device.type != d.type or d.index is not None and t.device.index != d.index for t in [*model.parameters(), *model.buffers()])
 
 class Overlay(Mapping):
     "The tensors a decomposition wrote (`new`) over those accelerate offloaded (`base`), as a hook's `weights_map` reads them"
@@ -483,14 +481,53 @@ class _ThroughHooks:
     @contextlib.contextmanager
     def outside(self, blocks): yield   # accelerate's own hooks load what runs
 
+class _Onload:
+    "The weights of `model` are in memory (the CPU's): move a module's to `device` for its turn, then put back the ones it had and move the new ones home"
+    def __init__(self, model, device):
+        self.model,self.device,self.was = model,torch.device(device),{}   # {id(tensor moved): (it, the one it came from)}
+        self.home = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device('cpu'))
+
+    def _move(self, prefix, skip, to):
+        for _,m in _under(self.model, prefix, skip):
+            for a,t in [*m._parameters.items(), *m._buffers.items()]:
+                if t is None or t.device == to: continue
+                v = t.detach().to(to) if to == self.device or id(t) not in self.was else self.was.pop(id(t))[1]
+                if a in m._parameters: v = _put(self.model, t, v)
+                else: m._buffers[a] = v
+                if to == self.device: self.was[id(v)] = (v, t)
+
+    def load(self, prefix:str, skip=()):
+        "Move the tensors of the module `prefix` (but those under `skip`) to `device`"
+        self._move(prefix, skip, self.device)
+
+    def drop(self, prefix:str, skip=()):
+        "Put back the tensors of the module `prefix` (but those under `skip`) as they were; new ones (factors) are moved home"
+        self._move(prefix, skip, self.home)
+        live = {id(t) for t in [*self.model.parameters(), *self.model.buffers()]}
+        for k in [k for k in self.was if k not in live]: del self.was[k]   # replaced: the one it came from is let go
+
+    def save(self, prefix:str): self.drop(prefix)
+
+    @contextlib.contextmanager
+    def outside(self, blocks:list):
+        "The weights outside `blocks` on `device` while a pass runs them, and back after"
+        self.load('', blocks)
+        try: yield
+        finally: self.drop('', blocks)
+
 @patch
-def _through_hooks(self:FC_Decomposer, model, data)->nn.Module:
-    "`decompose` of a model accelerate offloads: a layer (data-aware: a block) at a time, each loaded through its hooks, its factors offloaded where it was"
-    hooks,memo = [h for m in model.modules() if (h := _offload_hook(m)) is not None],{}
-    for h in hooks:   # the offloaded weights are shared by the copy, never copied
-        base = _base(h.weights_map)[0]
-        memo[id(base)] = base
-        if h.tied_params_map is not None: memo[id(h.tied_params_map)] = h.tied_params_map
+def _onloaded(self:FC_Decomposer, model, data)->nn.Module:
+    "`decompose` a layer (data-aware: a block) at a time: through accelerate's hooks for a model it offloads, each factor offloaded where its layer was; else moved to `device` and back"
+    hooks = [h for m in model.modules() if (h := _offload_hook(m)) is not None]
+    if hooks:
+        memo = {}
+        for h in hooks:   # the offloaded weights are shared by the copy, never copied
+            base = _base(h.weights_map)[0]
+            memo[id(base)] = base
+            if h.tied_params_map is not None: memo[id(h.tied_params_map)] = h.tied_params_map
+    else:   # what is replaced is shared with the copy, not copied (as `decompose` does)
+        memo = {id(t):t for r in self._select(model, check=False) if r.selected for t in _held(r.lin)}
     res = model if self.inplace else copy.deepcopy(model, memo)
-    res = self._stream(res, _ThroughHooks(res, self.inplace), data, hooks[0].execution_device)
+    store,device = (_ThroughHooks(res, self.inplace),hooks[0].execution_device) if hooks else (_Onload(res, self.device),self.device)
+    res = self._stream(res, store, data, device)
     return keep_off_fast_path(record_ranks(res, self.ranks))

@@ -4,15 +4,16 @@
 
 # %% ../../nbs/misc/surgery.ipynb #de23077f
 from __future__ import annotations
-import sys
+import inspect, sys
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.nn.utils import parametrize
+from .modeling_fasterai import FactoredWeight, LowRankLinear, column_major
 
 # %% auto #0
-__all__ = ['conv1d_class', 'is_conv1d', 'LowRankLinear', 'is_pair', 'is_linear', 'features', 'linear_weight', 'linear_bias',
-           'weight_param', 'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module', 'blocked', 'dropped',
-           'keep_off_fast_path']
+__all__ = ['conv1d_class', 'is_conv1d', 'is_pair', 'is_linear', 'features', 'linear_weight', 'linear_bias', 'weight_param',
+           'linear_pair', 'low_rank_linear', 'named_linears', 'swap_module', 'blocked', 'dropped', 'keep_off_fast_path']
 
 # %% ../../nbs/misc/surgery.ipynb #7a4c3822
 def conv1d_class()->type|None:
@@ -25,37 +26,12 @@ def is_conv1d(m:nn.Module, # Module checked
     c = conv1d_class()
     return c is not None and isinstance(m, c)
 
-# %% ../../nbs/misc/surgery.ipynb #7eb491dc
-class LowRankLinear(nn.Sequential):
-    "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `B A x + b`, that still answers what code reads off the layer it replaced"
-    def __init__(self,
-        first:nn.Linear, # `Linear(n, k, bias=False)`, weight `A`
-        second:nn.Linear, # `Linear(k, m)`, weight `B`, and the bias
-        fan_in_fan_out:bool=False, # Whether `weight` is given `n` x `m`, as the `Conv1D` it replaced stored it
-    ):
-        super().__init__(first, second)
-        self.fan_in_fan_out = fan_in_fan_out
-
-    def _get_name(self): return 'Sequential'   # it prints as the pair it is
-    @property
-    def in_features(self)->int: return self[0].in_features
-    @property
-    def out_features(self)->int: return self[1].out_features
-    @property
-    def rank(self)->int: return self[0].out_features
-    @property
-    def bias(self)->Tensor|None: return self[1].bias
-    @property
-    def weight(self)->Tensor:
-        "The product of the factors, `m` x `n` (`n` x `m` for a `Conv1D`), formed at each read: gradients reach the factors"
-        w = self[1].weight @ self[0].weight
-        return w.T if self.fan_in_fan_out else w
-
-# %% ../../nbs/misc/surgery.ipynb #795921d6
+# %% ../../nbs/misc/surgery.ipynb #f3a1c0de
 def is_pair(m:nn.Module, # Module checked
            )->bool:
     "Whether `m` is a factorised pair `Sequential(Linear(n, k, bias=False), Linear(k, m))`, ours or anyone's"
-    return (type(m) in (nn.Sequential, LowRankLinear) and len(m) == 2 and all(isinstance(l, nn.Linear) for l in m)
+    ours = type(m).__name__ == 'LowRankLinear'   # ours, or the copy a checkpoint loaded with `trust_remote_code` carries
+    return ((type(m) is nn.Sequential or ours) and isinstance(m, nn.Sequential) and len(m) == 2 and all(isinstance(l, nn.Linear) for l in m)
             and m[0].bias is None and m[0].out_features == m[1].in_features)
 
 def is_linear(m:nn.Module, # Module checked
@@ -98,16 +74,19 @@ def linear_pair(layer:nn.Module, # Layer replaced (`is_linear`): gives the shape
     kw = dict(device=w.device, dtype=w.dtype)
     flip = is_conv1d(layer) or getattr(layer, 'fan_in_fan_out', False)
     pair = LowRankLinear(nn.utils.skip_init(nn.Linear, n, k, bias=False, **kw), nn.utils.skip_init(nn.Linear, k, m, **kw), flip)
+    pair[1].weight = nn.Parameter(column_major(pair[1].weight))
     return pair.train(layer.training).requires_grad_(w.requires_grad)
 
 # %% ../../nbs/misc/surgery.ipynb #6e1a4ab8
 def low_rank_linear(a:Tensor, # First factor, `k` x `n`: the weight of `Linear(n, k, bias=False)`
                     b:Tensor, # Second factor, `m` x `k`: the weight of `Linear(k, m)`
                     layer:nn.Module, # Layer replaced (`is_linear`): gives the bias (zeros if it has none), device, dtype and mode
+                    overwrite:bool=False, # Whether `b`'s memory may be rewritten column by column (no copy of a row-major `b`; `b` then reads transposed)
                    )->LowRankLinear:
     "`Sequential(Linear(n, k, bias=False), Linear(k, m))` computing `b @ a @ x + bias`"
     pair,w,bias = linear_pair(layer, a.shape[0]),weight_param(layer),linear_bias(layer)
-    for l,f in zip(pair, (a, b)): l.weight = nn.Parameter(f.detach().to(w.device, w.dtype).contiguous(), w.requires_grad)
+    lays = (Tensor.contiguous, lambda t: column_major(t, overwrite))
+    for l,f,lay in zip(pair, (a, b), lays): l.weight = nn.Parameter(lay(f.detach().to(w.device, w.dtype)), w.requires_grad)
     with torch.no_grad():
         if bias is None: pair[1].bias.zero_()
         else: pair[1].bias.copy_(bias)
