@@ -458,7 +458,7 @@ def decompose(self:FC_Decomposer,
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
     if self.distributed: group_size()   # a process group must be initialised: fail before any work
-    from .streaming import onloads   # (streaming builds on this module)
+    from fasterai.misc.streaming import onloads   # (streaming builds on this module)
     if onloads(model, self.device): return self._onloaded(model, data)   # a block at a time: through accelerate's hooks, or onto `device`
     rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r.selected],{}
