@@ -228,6 +228,11 @@ def _replaying(blocks:list, outs:list|None):
             if f is None: del b.forward
             else: b.forward = f
 
+def _mmap_large():
+    "Have glibc's `malloc` give every block over 64 KiB its own pages, returned to the system when freed (its default raises that threshold to the largest block freed, after which a layer's memory stays in its heap: a few MiB more resident per layer)"
+    try: ctypes.CDLL(None).mallopt(-3, 1 << 16)   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError): pass   # not glibc: its allocator is left as it is
+
 @patch
 def _one(self:FC_Decomposer, model, r:LayerPlan, stats)->nn.Module:
     "Factorise the loaded layer of plan `r` (on its `stats`), its rank first chosen from its spectrum under `energy_threshold`; returns the root"
@@ -251,6 +256,7 @@ def _stream(self:FC_Decomposer,
     if data is not None and not self.uses_data:
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     if self.uses_data and data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data`")
+    _mmap_large()
     rows = self._select(model, check=False)
     todo,n_params = [r for r in rows if r.selected],sum(p.numel() for p in model.parameters())
     self.spectra,self.check,self.curvature,self.sensitivities,self.refined = {},{},{},{},{}
