@@ -249,6 +249,12 @@ def anywhere(tmp_path_factory):
         assert main(['decompose', str(tmp/'plain'), str(tmp/'cli'), '--rank-ratio', '0.25']) == 0
         expect['cli'] = json.loads((tmp/'cli'/'config.json').read_text())['fasterai']['ranks']
         add('cli', tmp/'cli', 'AutoModelForCausalLM', kw_llama, load_pretrained(tmp/'cli')(**kw_llama).logits, 'logits')
+        # a sharded checkpoint streamed a block at a time into shards
+        tiny('llama')[0].save_pretrained(tmp/'plain-shards', max_shard_size='20KB')
+        FC_Decomposer(0.5, method='whiten').decompose_checkpoint(tmp/'plain-shards', tmp/'streamed', [kw_llama], max_shard_size=20_000)
+        assert (tmp/'streamed'/'model.safetensors.index.json').exists()
+        expect['streamed'] = json.loads((tmp/'streamed'/'config.json').read_text())['fasterai']['ranks']
+        add('streamed', tmp/'streamed', 'AutoModelForCausalLM', kw_llama, load_pretrained(tmp/'streamed')(**kw_llama).logits, 'logits')
     (tmp/'elsewhere').mkdir()
     env = {k:v for k,v in os.environ.items() if k != 'PYTHONPATH'}
     env.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_MODULES_CACHE=str(tmp/'modules'))
@@ -258,7 +264,7 @@ def anywhere(tmp_path_factory):
     return json.loads((tmp/'found.json').read_text()),{c['id']:c for c in cases},expect,tmp
 
 CASES = ['llama', 'llama-base', 'llama-classifier', 'llama-bf16', 'gpt2', 'gpt2-base', 'bert', 'bert-base', 'bert-classifier',
-         't5', 't5-base', 'encoder-decoder', 'twice', 'gguf', 'cli']
+         't5', 't5-base', 'encoder-decoder', 'twice', 'gguf', 'cli', 'streamed']
 # Layers the class has and the model saved had not (a new task's head, BertModel's pooler): at random, as from any checkpoint
 HEADS = {'llama-classifier': ('score.',), 'bert-base': ('pooler.',), 'bert-classifier': ('bert.pooler.', 'classifier.')}
 

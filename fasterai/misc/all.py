@@ -11,6 +11,7 @@ from .ranks import (linear_params, factored_params, rank_from_ratio, rank_from_p
     allocate_budget, even_ranks)
 from .surgery import LowRankLinear, is_linear, named_linears
 from .huggingface import load_pretrained, text_batches, SentenceEmbedding
+from .streaming import skeleton, NotStreamable   # and `FC_Decomposer.decompose_checkpoint`
 from .sensitivity import jacobian_sensitivity, output_distortion
 from .distributed import shard
 import warnings
@@ -23,6 +24,6 @@ with warnings.catch_warnings():   # fastai's import uses `torch.jit.script`, whi
 # %% ../../nbs/misc/all.ipynb #50bdf4d5
 __all__ = ['FC_Decomposer', 'RECIPES', 'DecompositionReport', 'LayerPlan', 'OptionError', 'linear_params', 'factored_params',
            'rank_from_ratio', 'rank_from_params', 'rank_from_energy', 'truncation_error', 'allocate_budget', 'even_ranks',
-           'LowRankLinear', 'is_linear', 'named_linears', 'load_pretrained', 'text_batches', 'SentenceEmbedding',
+           'LowRankLinear', 'is_linear', 'named_linears', 'load_pretrained', 'text_batches', 'SentenceEmbedding', 'skeleton', 'NotStreamable',
            'FCDecomposeCallback', 'causal_lm_dls', 'causal_lm_learner', 'DistillCallback',
            'jacobian_sensitivity', 'output_distortion', 'shard', 'compare', 'digits_dls', 'digits_net', 'latency_ms']

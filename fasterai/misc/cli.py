@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['FLAGS', 'CLIError', 'parser', 'read_model', 'write_model', 'flag', 'read_calib', 'decompose_file', 'demo', 'main',
-           'console']
+__all__ = ['FLAGS', 'CLIError', 'parser', 'read_model', 'write_model', 'flag', 'read_calib', 'streamable', 'stream_dir',
+           'decompose_file', 'demo', 'main', 'console']
 
 # %% ../../nbs/misc/cli.ipynb #cbec6a0a
 class CLIError(Exception): "An error the command line reports in one line"
@@ -52,6 +52,8 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--skip-unprofitable', action='store_true', default=None, help='leave layers that would not shrink')
     d.add_argument('--faster-at', type=int, metavar='ROWS', help='leave layers whose pair does not run faster on ROWS input rows (1: decoding), timed here')
     d.add_argument('--rank-multiple', type=int, help='round each rank down to a multiple of this')
+    d.add_argument('--device', help='where each layer (with --calib: each block) is computed, e.g. cuda: moved there from the disk or the '
+                   'CPU memory for its turn, and back (default: cpu)')
     d.add_argument('--force', action='store_true', help='overwrite OUTPUT if it exists')
     m = sub.add_parser('demo', help='offline demo on scikit-learn digits', description='Train, decompose and fine-tune on digits, offline')
     m.add_argument('--epochs', type=int, default=5, help='training epochs of the original model')
@@ -80,14 +82,7 @@ def read_model(path:Path): # A Hugging Face model directory, a `.pkl` fastai exp
     if not isinstance(obj, nn.Module): raise CLIError(f"{path}: holds a {type(obj).__name__}, not a model saved with torch.save(model)")
     return obj
 
-_weights = ('.safetensors', '.bin', '.index.json', '.pt', '.pth', '.h5', '.msgpack', '.onnx', '.ckpt')
 
-def _copy_along(src:Path, dst:Path):
-    "Copy the files of the model directory `src` that `dst` lacks (tokenizer, configurations), but no weights: they are the old model's"
-    for f in src.iterdir():
-        if (dst/f.name).exists() or f.name.endswith(_weights) or f.is_dir() and any(g.name.endswith(_weights) for g in f.rglob('*')): continue
-        if f.is_dir(): shutil.copytree(f, dst/f.name)
-        else: shutil.copy2(f, dst/f.name)
 
 def _move_into_place(tmp:Path, path:Path):
     "Rename `tmp` to `path`; a directory already there is first moved aside, and removed once `tmp` is in place"
@@ -108,8 +103,9 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
     try:
         if hasattr(obj, 'save_pretrained'):
+            from fasterai.misc.streaming import copy_along
             obj.save_pretrained(tmp)
-            if src is not None and src.is_dir(): _copy_along(src, tmp)
+            if src is not None and src.is_dir(): copy_along(src, tmp)
             _move_into_place(tmp, path)
         else:
             if hasattr(obj, 'export'): obj.export((tmp/path.name).absolute())
@@ -121,7 +117,8 @@ def write_model(obj, # A `Learner` (exported with `learn.export`) or an `nn.Modu
 FLAGS = dict(rank_ratio='--rank-ratio', energy_threshold='--energy', rank='--rank', budget='--budget', param_ratio='--param-ratio',
              recipe='--recipe', method='--method', sequential='--sequential', refine='--refine', weigh_outputs='--weigh-outputs',
              sensitivity='--sensitivity', n_batches='--n-batches', layers='--layers', exclude='--exclude',
-             skip_unprofitable='--skip-unprofitable', faster_at='--faster-at', rank_multiple='--rank-multiple') # `FC_Decomposer`'s options, and the flags that set them
+             skip_unprofitable='--skip-unprofitable', faster_at='--faster-at', rank_multiple='--rank-multiple',
+             device='--device') # `FC_Decomposer`'s options, and the flags that set them
 
 def flag(name:str, # An option of `FC_Decomposer`
          value, # Its value, or `...` for the option alone
@@ -151,9 +148,32 @@ def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.sav
     except Exception as e: raise CLIError(f"{src}: no tokenizer to read {path.name} with ({type(e).__name__})") from None
     return text_batches(tok, lines, a.max_length, a.bs)
 
+def streamable(path:Path, # The model read
+              )->bool:
+    "Whether `path` is a model directory with safetensors weights, which `decompose_checkpoint` streams"
+    return path.is_dir() and (path/'config.json').is_file() and any((path/f).is_file() for f in ('model.safetensors', 'model.safetensors.index.json'))
+
+def stream_dir(fc, # The `FC_Decomposer`
+               src:Path, # The model directory read
+               dst:Path, # Where the decomposed one goes
+               data, # Calibration data, or `None`
+              ):
+    "Decompose the checkpoint `src` a layer or a block at a time into a temporary directory beside `dst`, then rename it into place"
+    from fasterai.misc.fc_decomposer import OptionError
+    from fasterai.misc.streaming import NotStreamable
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.tmp'))
+    try:
+        fc.decompose_checkpoint(src, tmp/dst.name, data)
+        _move_into_place(tmp/dst.name, dst)
+    except NotStreamable: raise   # the caller loads the model whole
+    except OptionError as e: raise CLIError(e.say(flag)) from None
+    except ValueError as e: raise CLIError(str(e)) from None
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
 def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     "Run `fasterai-fc decompose` with the parsed arguments `a`"
-    from fasterai.misc.fc_decomposer import FC_Decomposer, OptionError
+    from fasterai.misc.fc_decomposer import FC_Decomposer, OptionError, whole_model
+    from fasterai.misc.streaming import NotStreamable   # (and `FC_Decomposer.decompose_checkpoint`)
     src,dst = Path(a.input),Path(a.output)
     if dst.exists() and dst.resolve() == src.resolve(): raise CLIError(f"{dst}: is the input; write the decomposed model elsewhere")
     if dst.exists() and not a.force: raise CLIError(f"{dst}: exists (use --force to overwrite it)")
@@ -163,15 +183,22 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     except OptionError as e: raise CLIError(e.say(flag)) from None
     if fc.uses_data and not a.calib: raise CLIError(f"{flag('method', fc.method)} calibrates on data: give it with --calib FILE")
     data = read_calib(Path(a.calib), src, a) if a.calib else None
-    obj = read_model(src)
-    model = obj.model if hasattr(obj, 'export') else obj
-    try: new = fc.decompose(model, data)
-    except ValueError as e: raise CLIError(str(e)) from None
-    if hasattr(obj, 'export'): obj.model = new
-    write_model(obj if hasattr(obj, 'export') else new, dst, src)
+    streamed = streamable(src) and whole_model(vars(fc)) is None
+    if streamed:
+        try: stream_dir(fc, src, dst, data)
+        except NotStreamable as e:
+            print(f"{src} is loaded whole: {e}", flush=True)
+            streamed = False
+    if not streamed:
+        obj = read_model(src)
+        model = obj.model if hasattr(obj, 'export') else obj
+        try: new = fc.decompose(model, data)
+        except ValueError as e: raise CLIError(str(e)) from None
+        if hasattr(obj, 'export'): obj.model = new
+        write_model(obj if hasattr(obj, 'export') else new, dst, src)
     print(fc.report.to_string())
     print(fc.report.totals())
-    print(f"written to {dst}")
+    print(f"written to {dst}" + (f", streamed from {src} {'a block' if fc.uses_data else 'a layer'} at a time" if streamed else ''))
 
 # %% ../../nbs/misc/cli.ipynb #5288c643
 def demo(a:argparse.Namespace): # Arguments parsed by `parser`

@@ -82,18 +82,18 @@ def product_into(w:Tensor, # Contiguous `m` x `n` matrix alone in its memory, wh
                  right:Tensor|None=None, # `n` x `k`, for `w @ right` (when `left` is not given)
                  chunk:int=1024, # Columns (for `left`) or rows (for `right`) of `w` read at a time
                 )->Tensor:
-    "`left @ w` or `w @ right`, written over `w`'s own memory, which then shrinks to the result's size"
+    "`left @ w` or `w @ right`, written over `w`'s own memory, which then shrinks to the result's size; a `w` in lower precision than the other factor is converted a chunk at a time, and the result rounded to `w`'s dtype"
     (m,n),flat = w.shape,w.detach().view(-1)
     if left is not None:
         k = len(left)
-        out,buf = flat[:k*n].view(k, n),w.new_empty(k*min(chunk, n))
+        out,buf = flat[:k*n].view(k, n),left.new_empty(k*min(chunk, n))
         for i in range(0, n, chunk):   # this chunk of `out` lies over rows of the columns just read
-            c = min(chunk, n-i); out[:, i:i+c] = torch.mm(left, w[:, i:i+c], out=buf[:k*c].view(k, c))
+            c = min(chunk, n-i); out[:, i:i+c] = torch.mm(left, w[:, i:i+c].to(left.dtype), out=buf[:k*c].view(k, c))
     else:
         k = right.shape[1]
-        out,buf = flat[:m*k].view(m, k),w.new_empty(min(chunk, m)*k)
+        out,buf = flat[:m*k].view(m, k),right.new_empty(min(chunk, m)*k)
         for i in range(0, m, chunk):   # these rows of `out` lie over rows of `w` already read
-            c = min(chunk, m-i); out[i:i+c] = torch.mm(w[i:i+c], right, out=buf[:c*k].view(c, k))
+            c = min(chunk, m-i); out[i:i+c] = torch.mm(w[i:i+c].to(right.dtype), right, out=buf[:c*k].view(c, k))
     size,s = out.numel()*out.element_size(),w.untyped_storage()
     free_pages(w, size)
     s.resize_(size)   # copies the result into a block of its size
@@ -146,12 +146,12 @@ class LowRankSVD:
         return (tail == 0 or tail > self.floor) and (self.wide or float(self.energy[k-1]) > self.floor)
 
     def factors(self, k:int, # Rank kept
-                overwrite:bool=False, # Write the factor computed from `w` over `w`'s memory (`product_into`), when `w` is `z`, float32 or better
+                overwrite:bool=False, # Write the factor computed from `w` over `w`'s memory (`product_into`), when `w` is `z`: that factor keeps `w`'s dtype
                )->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`: `b = U_k` (`m` x `k`), `a = U_k^T w` (`k` x `n`, `S_k V_k^T` when `w` is `z`), in float32 or better"
+        "Rank-`k` factors `(a, b)`: `b = U_k` (`m` x `k`), `a = U_k^T w` (`k` x `n`, `S_k V_k^T` when `w` is `z`), in float32 or better (with `overwrite`, the one written over `w` in `w`'s dtype)"
         dt = torch.promote_types(self.w.dtype, torch.float32)
         fast = self.z is None or self.resolved(k)
-        into = overwrite and fast and self.z is self.w and self.w.dtype == dt
+        into = overwrite and fast and self.z is self.w
         if not fast:
             a,b = truncate(*torch.linalg.svd(self.z.double(), full_matrices=False), k)
         elif self.wide: a,b = None,self.q[:, -k:].to(self.w.device, dt).flip(1)
@@ -159,10 +159,10 @@ class LowRankSVD:
             dz = torch.promote_types(self.z.dtype, torch.float32)
             qk,sk = self.q[:, -k:].flip(1).to(self.z.device, dz),self.s[:k].to(self.z.device, dz)
             a,b = sk[:,None]*qk.T,(product_into(self.z, right=qk/sk) if into else (self.z.to(dz) @ qk)/sk)
-        b = b.to(dt).contiguous()   # LAPACK's eigenvectors are column-major
+        b = (b if into else b.to(dt)).contiguous()   # LAPACK's eigenvectors are column-major; a factor in `w`'s memory keeps its dtype
         if a is None or self.z is not self.w: a = product_into(self.w, left=b.T) if into else b.T @ self.w.to(dt)
         if into: self.z = self.w = None   # their memory now holds a factor
-        return a.to(dt),b
+        return (a if into else a.to(dt)),b
 
 # %% ../../nbs/misc/fast_svd.ipynb #c05fa977
 class FactorSVD:

@@ -23,8 +23,9 @@ from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_f
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['POLICIES', 'DEFAULTS', 'RECIPES', 'OptionError', 'as_fraction', 'as_rank', 'resolve_options', 'check_options',
-           'LayerPlan', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite', 'record_ranks']
+__all__ = ['POLICIES', 'DEFAULTS', 'RECIPES', 'OptionError', 'as_fraction', 'as_rank', 'resolve_options', 'whole_model',
+           'check_options', 'LayerPlan', 'matches', 'DecompositionReport', 'FC_Decomposer', 'all_finite',
+           'record_ranks']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #d28983c0
 class OptionError(ValueError):
@@ -85,6 +86,14 @@ def resolve_options(recipe:str|None, # A name of `RECIPES`, or `None`
     return res
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #72847532
+def whole_model(o:dict, # Every option's value, as `resolve_options` gives them
+               )->tuple|None:
+    "Why the options `o` need the whole model at once, not a block at a time ([streaming](streaming.html)): `OptionError`'s arguments, or `None`"
+    if o['sequential']: return ("{} is not done a block at a time yet", ('sequential', True))
+    if o['weigh_outputs']: return ("{} runs backward passes through the whole model", ('weigh_outputs', True))
+    if o.get('budget') is not None and o['method'] != 'svd': return ("a {} with data compares whole models", ('budget', o['budget']))
+    if o['distributed']: return ("{} is not done a block at a time yet", ('distributed', True))
+
 def check_options(o:dict, # Every option's value, as `resolve_options` gives them
                  ):
     "Raise an `OptionError` naming the option out of range, or the options that don't go together"
@@ -110,6 +119,12 @@ def check_options(o:dict, # Every option's value, as `resolve_options` gives the
     if r and not o['sequential']: raise OptionError("{} refines block by block: set {}", ('refine', r), ('sequential', True))
     if o['distributed'] and not data: raise OptionError("{} sums the calibration over processes, which {} does not use", ('distributed', True), ('method', method))
     if o['distributed'] and r: raise OptionError("{} takes Adam steps over one process's batches: it is not done with {}", ('refine', r), ('distributed', True))
+    d = o.get('device')
+    if d is not None:
+        try: torch.device(d)
+        except (RuntimeError, TypeError): raise OptionError(f"{{}} must be a torch device such as 'cuda', got {d!r}", ('device', ...)) from None
+        why = whole_model(o)
+        if why: raise OptionError(why[0] + ": leave {} out, and move the model to the device", *why[1:], ('device', d))
     cd = o.get('cache_dtype')
     if cd is not None and not (isinstance(cd, torch.dtype) and cd.is_floating_point): raise OptionError(f"{{}} must be a floating torch.dtype, got {cd!r}", ('cache_dtype', ...))
     if cd is not None and not o['sequential']: raise OptionError("{} is the dtype of the walk's cache: set {}", ('cache_dtype', cd), ('sequential', True))
@@ -203,6 +218,7 @@ class FC_Decomposer:
         weigh_outputs:bool|None=None, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward); default False
         n_batches:int|None=None, # With a data-aware method, calibrate on at most this many batches of `data`
         distributed:bool|None=None, # With a data-aware method, sum the calibration over the processes of the initialised `torch.distributed` group, each passing its own share of `data`: every process gets the model one process would get on all of it ([distributed calibration](distributed.html)); default False
+        device:str|torch.device|None=None, # Where each layer (data-aware: each block) is computed: moved there from CPU memory, a checkpoint or accelerate's offload for its turn, and back, so the model never needs to fit (GPU onloading, [streaming](streaming.html)); default: where the model is
         progress:bool|None=None, # Show a progress bar over the layers; `None`: only when they take more than about a second
         recipe:str|None=None, # A named setting of `RECIPES` ('fast', 'speed', 'vision_head', 'sentence_encoder', 'causal_lm'), under the options given here
     ):
@@ -239,16 +255,18 @@ def _factorisable(name, lin):
         raise ValueError(f"layer '{name}' is an uninitialised nn.LazyLinear: run a forward pass before decomposing")
     for pn,p in ps.items():
         if p.is_meta: raise ValueError(f"layer '{name}' has its {pn} on the meta device: its values are not loaded (a model built "
-                                       "on the meta device, or offloaded by accelerate); load the weights before decomposing")
+                                       "on the meta device); load the weights, or decompose its checkpoint with `decompose_checkpoint`")
         if not all_finite(p): raise ValueError(f"layer '{name}' has non-finite (NaN or Inf) values in its {pn}")
 
 @patch
-def _select(self:FC_Decomposer, model:nn.Module)->list[LayerPlan]:
+def _select(self:FC_Decomposer, model:nn.Module,
+            check:bool=True, # Check the selected layers' values now (`False`: a [streamed](streaming.html) model, whose weights are read later, checks each as it reads it)
+           )->list[LayerPlan]:
     "A `LayerPlan` per linear layer of `model`, selected or with the reason it is left; the selected ones checked"
     blocks,rows = blocked(model),[]
     for lin,name in named_linears(model).items():
         reason = self._reason(model, name, lin, blocks)
-        if reason is None: _factorisable(name, lin)
+        if reason is None and check: _factorisable(name, lin)
         m,n = features(lin)
         rows.append(LayerPlan(name, lin, n, m, sum(p.numel() for p in lin.parameters()), min(m, n, lin[0].out_features if is_pair(lin) else n),
                               selected=reason is None, reason=reason))
@@ -308,11 +326,13 @@ def plan(self:FC_Decomposer,
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #cc94b639
 @patch
-def _bar(self:FC_Decomposer, rows:list)->list:
-    "`rows` in a progress bar when `progress` asks for one (`None`: when the layers take more than about a second)"
-    show = self.progress
+def _bar(self:FC_Decomposer, rows:list,
+         items:list|None=None, # What is shown in the bar (default: `rows`), e.g. the blocks that hold them
+        )->list:
+    "`items` in a progress bar when `progress` asks for one (`None`: when the layers of `rows` take more than about a second)"
+    show,items = self.progress,rows if items is None else items
     if show is None: show = sum(min(r.in_features, r.out_features)**2*max(r.in_features, r.out_features) for r in rows) > 2e10
-    return progress_bar(rows, leave=False) if show and rows else rows
+    return progress_bar(items, leave=False) if show and items else items
 
 @patch
 def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, g:Tensor|None=None):
@@ -322,11 +342,11 @@ def _svd(self:FC_Decomposer, lin:nn.Module, stats, k:int|None=None, g:Tensor|Non
     return FactorSVD(lin[0].weight, lin[1].weight) if is_pair(lin) else LowRankSVD(linear_weight(lin), k=k)
 
 def _sole_weight(lin:nn.Module)->bool:
-    "Whether `lin`'s weight can give its memory to a factor: a plain `nn.Linear` weight, float32, on the CPU, alone in its memory, and held by `lin` alone"
+    "Whether `lin`'s weight can give its memory to a factor: a plain `nn.Linear` weight, float32 or half precision, on the CPU, alone in its memory, and held by `lin` alone"
     p,count = lin._parameters.get('weight') if isinstance(lin, nn.Linear) else None,getattr(torch._C, '_storage_Use_Count', None)
     if p is None or count is None: return False
     s = p.untyped_storage()
-    return (p.device.type == 'cpu' and p.dtype == torch.float32 and p.is_contiguous()
+    return (p.device.type == 'cpu' and p.dtype in (torch.float32, torch.bfloat16, torch.float16) and p.is_contiguous()
             and p.storage_offset() == 0 and s.nbytes() == p.numel()*p.element_size() and s.resizable()
             and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin._parameters`, `p`, the call; users of the memory: `p`, `s`
 
@@ -438,6 +458,8 @@ def decompose(self:FC_Decomposer,
 )->nn.Module: # The model with each selected `Linear(n, m)` replaced by `Sequential(Linear(n, k, bias=False), Linear(k, m))`
     "Factorise the selected linear layers of `model` (a copy, unless `inplace`); sets `report` and `ranks`"
     if self.distributed: group_size()   # a process group must be initialised: fail before any work
+    from fasterai.misc.streaming import onloads   # (streaming builds on this module)
+    if onloads(model, self.device): return self._onloaded(model, data)   # a block at a time: through accelerate's hooks, or onto `device`
     rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r.selected],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")

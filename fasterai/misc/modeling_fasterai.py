@@ -75,7 +75,7 @@ def _tracing()->bool:
     fx = sys.modules.get('torch.fx._symbolic_trace')
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or bool(fx and fx.is_fx_symbolic_tracing())
 
-def _hooked(m:nn.Module)->bool: return type(m) is not nn.Linear or bool(m._forward_hooks or m._forward_pre_hooks)
+def _hooked(m:nn.Module)->bool: return type(m) is not nn.Linear or bool(m._forward_hooks or m._forward_pre_hooks) or 'forward' in vars(m)   # accelerate's hooks replace `forward`
 
 def _relayout(pair, incompatible):
     "After `load_state_dict`, which may assign a row-major `B`: stored column by column again"
