@@ -149,10 +149,12 @@ def one(method, cut, cfg):
     t = time.perf_counter(); new = dec.decompose(model, calib); secs = time.perf_counter()-t
     _,peak = rss()
     after = decoder_params(new, cfg['layers'])
-    said = int(dec.report[[fnmatch.fnmatchcase(n, cfg['layers']) for n in dec.report.name]].params_after.sum())
-    assert after == said <= (1-cut)*before, (method, cut, after, said, before)   # what the report says, within the cut
+    rep = dec.report[[fnmatch.fnmatchcase(n, cfg['layers']) for n in dec.report.name]]
+    assert after == int(rep.params_after.sum()) <= (1-cut)*before, (method, cut, after, before)   # what the report says, within the cut
+    by = rep.groupby(rep.name.str.rsplit('.', n=1).str[-1])[['params_after', 'params_before']].sum()
     l = nll(new, test)
-    res = dict(method=method, cut=cut, perplexity=math.exp(float(l.mean())), seconds=secs, peak_mib=peak-base, params=after, params_before=before, nll=l.tolist())
+    res = dict(method=method, cut=cut, perplexity=math.exp(float(l.mean())), seconds=secs, peak_mib=peak-base, params=after, params_before=before, nll=l.tolist(),
+               kept_by_type=(by.params_after/by.params_before).round(4).to_dict(), whole=int(rep['rank'].isna().sum()))   # where the parameters went
     if dec.check: res['kept'] = closest(dec.check)
     return res
 
