@@ -45,6 +45,7 @@ def test_save_pretrained_load_pretrained(tmp_path):
     same(back, learn.model, learn.dls.valid.one_batch()[0])
     assert type(back.model.layers[0].mlp.up_proj) is LowRankLinear
 
+@pytest.mark.slow
 def test_export_load_learner(tmp_path):
     learn = tuned(llama(), tmp_path)
     learn.export('lm.pkl')
@@ -57,6 +58,7 @@ def test_export_load_learner(tmp_path):
     learn.export('again.pkl')   # export leaves the Learner as it was: it trains on
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-4)
 
+@pytest.mark.slow
 def test_gpt2_conv1d_and_layernorms(tmp_path):
     "GPT-2: Conv1D layers factorised into pairs; its LayerNorms, which fastai's `train_bn` would train while frozen, train only with `norms=True`"
     learn = tuned(gpt2(), tmp_path, 'transformer.h.*')

@@ -31,6 +31,7 @@ def test_decompose_fastai_export_with_calibration(tmp_path):
     assert small.model.classifier[0][0].out_features == 64
     assert digest(src) == before
 
+@pytest.mark.slow
 def test_errors_are_one_line_and_touch_nothing(tmp_path):
     src,_ = exported(tmp_path)
     bad = tmp_path/'corrupt.pt'

@@ -1,5 +1,5 @@
 "fastai's learn.save / learn.load round-trip on a decomposed model, through a structure rebuilt with from_ranks."
-import torch
+import pytest, torch
 from torch import nn
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
@@ -46,6 +46,7 @@ def test_export_load_learner(tmp_path):
     same(back.model, learn.model, x)
     assert type(back.model.classifier[0]) is LowRankLinear
 
+@pytest.mark.slow
 def test_torch_save_load_and_state_dict(tmp_path):
     learn = decomposed_learner(tmp_path)
     x = learn.dls.valid.one_batch()[0]

@@ -1,5 +1,5 @@
 "A decomposed model is an ordinary model: fastai trains it."
-import torch
+import pytest, torch
 from torch import nn
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
@@ -13,6 +13,7 @@ def synth(n, w):
     x = torch.randn(n, w.shape[1])
     return list(zip(x, (x@w.T).argmax(1)))
 
+@pytest.mark.slow
 def test_decomposed_model_trains():
     set_seed(0, reproducible=True)
     teacher = torch.randn(4, 32)

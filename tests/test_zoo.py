@@ -150,7 +150,7 @@ def test_layers_accounted_for(name):
             old = model.get_submodule(n)
             assert (m.in_features, m.out_features) == lins_shape(model, n)[::-1]
             assert m.weight.shape == old.weight.shape and m.weight.dtype == old.weight.dtype   # n x m for a Conv1D
-            if ratio == 1.0: torch.testing.assert_close(m.weight, old.weight, atol=1e-5*float(old.weight.abs().max()), rtol=1e-4)
+            if ratio == 1.0: torch.testing.assert_close(m.weight.detach(), old.weight.detach(), atol=1e-5*float(old.weight.abs().max()), rtol=1e-4)
             if old.bias is not None: torch.testing.assert_close(m.bias, old.bias)
     check_untouched(name)
 

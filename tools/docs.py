@@ -31,6 +31,7 @@ def undocumented()->list:
     import importlib, inspect, pkgutil, fasterai.misc
     from fastcore.docments import docments
     def check(name, f):
+        f = inspect.unwrap(f)   # through `functools.lru_cache` and the like
         if not inspect.getdoc(f): yield f'{name}: no docstring'
         if inspect.isclass(f) and '__init__' not in vars(f): return   # e.g. an exception: its parameters are its base's
         for k,v in docments(f, full=True).items():   # `**kwargs` is skipped: docments can't read its comment, @delegates shows its parameters

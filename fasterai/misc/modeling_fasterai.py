@@ -28,14 +28,14 @@ _META = {'dtype', 'shape', 'device', 'ndim', 'layout', 'requires_grad', 'is_cuda
 class FactoredWeight(Tensor):
     "The weight `B A` of a factorised layer, formed only for the ops that need its values: `F.linear` runs as two thin products"
     @staticmethod
-    def __new__(cls,
+    def __new__(cls, a, b, flip=False):
+        shape = (a.shape[1], b.shape[0]) if flip else (b.shape[0], a.shape[1])
+        return Tensor._make_wrapper_subclass(cls, shape, dtype=a.dtype, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
+    def __init__(self,
         a:Tensor, # First factor, `k` x `n`
         b:Tensor, # Second factor, `m` x `k`
         flip:bool=False, # Whether it stands for `(B A)ᵀ`, `n` x `m` (a `Conv1D`'s layout)
-    ):
-        shape = (a.shape[1], b.shape[0]) if flip else (b.shape[0], a.shape[1])
-        return Tensor._make_wrapper_subclass(cls, shape, dtype=a.dtype, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
-    def __init__(self, a, b, flip=False): self.a,self.b,self.flip = a,b,flip
+    ): self.a,self.b,self.flip = a,b,flip
     def __repr__(self): return f"FactoredWeight({self.dense()!r})"
 
     def dense(self)->Tensor:
@@ -93,7 +93,8 @@ class LowRankLinear(nn.Sequential):
         self.fan_in_fan_out = fan_in_fan_out
         self.register_load_state_dict_post_hook(_relayout)
 
-    def forward(self, x:Tensor)->Tensor:
+    def forward(self, x:Tensor # Input, `n` features last
+               )->Tensor:
         "`B (A x) + b`: the two products called directly (through the layers, when they are hooked or replaced)"
         a,b = self
         if _hooked(a) or _hooked(b): return super().forward(x)
@@ -120,7 +121,9 @@ class LowRankLinear(nn.Sequential):
 PREFIX,MODEL_TYPE = 'LowRank','fasterai_'   # prefixes of the classes' names, and of `model_type` in `config.json`
 
 # %% ../../nbs/misc/modeling_fasterai.ipynb #65eef6fc
-def low_rank_pair(layer:nn.Module, k:int)->LowRankLinear:
+def low_rank_pair(layer:nn.Module, # An `nn.Linear` or a `Conv1D`
+                  k:int, # Rank of the pair
+                 )->LowRankLinear:
     "An uninitialised pair of rank `k` to replace `layer`, an `nn.Linear` or a `Conv1D`, on its device and in its dtype"
     from transformers.pytorch_utils import Conv1D
     conv = isinstance(layer, Conv1D)
@@ -131,7 +134,9 @@ def low_rank_pair(layer:nn.Module, k:int)->LowRankLinear:
     return LowRankLinear(nn.Linear(n, k, bias=False, **kw), nn.Linear(k, m, **kw), conv)
 
 # %% ../../nbs/misc/modeling_fasterai.ipynb #203988a9
-def module_name(model:nn.Module, name:str)->str|None:
+def module_name(model:nn.Module, # The model being built
+                name:str, # A layer's name in the model saved
+               )->str|None:
     "The name in `model` of the layer `name` of the model saved, which may be `model`'s base model or hold it; `None` if `model` lacks it (another task's head)"
     p = getattr(model, 'base_model_prefix', '')
     names = [name] + ([name[len(p)+1:]] if name.startswith(p + '.') else [f'{p}.{name}']) if p else [name]
@@ -141,7 +146,9 @@ def module_name(model:nn.Module, name:str)->str|None:
         return n
 
 # %% ../../nbs/misc/modeling_fasterai.ipynb #8bd3eac1
-def factorise(model:nn.Module, ranks:dict)->nn.Module:
+def factorise(model:nn.Module, # Changed in place
+              ranks:dict, # `{layer name: rank}`, as the config's `fasterai` entry records them
+             )->nn.Module:
     "Replace in place the layers of `model` that `ranks` (`{layer name: rank}`) names by uninitialised pairs of their rank"
     for name,k in ranks.items():
         n = module_name(model, name)
@@ -175,7 +182,8 @@ def _model_class(base:type)->type:
     return dict(__init__=__init__, config_class=low_rank_class(base.config_class))
 
 # %% ../../nbs/misc/modeling_fasterai.ipynb #86b47e42
-def low_rank_class(base:type)->type:
+def low_rank_class(base:type, # A `transformers` configuration or model class
+                  )->type:
     "`LowRank<base>`, the low-rank class of `base`, a `transformers` configuration or model class: made once"
     import transformers
     name,config = PREFIX + base.__name__,issubclass(base, transformers.PretrainedConfig)
