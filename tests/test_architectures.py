@@ -79,27 +79,24 @@ def test_bert_masked_lm():
     assert new.cls.predictions.decoder.weight is new.bert.embeddings.word_embeddings.weight
     with torch.no_grad(): assert new(input_ids=ids).logits.shape == (2, 10, 100)
 
+def runs_without(pkg, code):
+    "Run `code` in a fresh Python where `pkg` can't be imported; it must print 'ok' last"
+    import subprocess, sys
+    r = subprocess.run([sys.executable, '-c', f"import sys; sys.modules[{pkg!r}] = None\nimport torch; from torch import nn\n{code}\nprint('ok')"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]
+
 def test_works_without_transformers():
     "transformers is optional: with it unimportable, the library imports and decomposes"
-    import subprocess, sys
-    code = ("import sys; sys.modules['transformers'] = None\n"
-            "import torch; from torch import nn\nfrom fasterai.misc.all import *\n"
-            "new = FC_Decomposer(0.5).decompose(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))\n"
-            "assert type(new[0]).__name__ == 'LowRankLinear' and 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
-            "print('ok')")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]
+    runs_without('transformers', "from fasterai.misc.all import *\n"
+                 "new = FC_Decomposer(0.5).decompose(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))\n"
+                 "assert type(new[0]).__name__ == 'LowRankLinear' and 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]")
 
 def test_core_works_without_fastai():
     "The decomposer and its maths need no fastai: with fastai unimportable, whitening, the walk and a budget run on plain PyTorch"
-    import subprocess, sys
-    code = ("import sys; sys.modules['fastai'] = None\n"
-            "import torch; from torch import nn\nfrom fasterai.misc.fc_decomposer import FC_Decomposer\n"
-            "torch.manual_seed(0); net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()\n"
-            "xs = [torch.randn(32, 16) for _ in range(3)]\n"
-            "for opts in (dict(method='whiten', sequential=True, weigh_outputs=True), dict(budget=0.5, method='whiten')):\n"
-            "    new = FC_Decomposer(**opts).decompose(net, xs); assert type(new[0]).__name__ == 'LowRankLinear'\n"
-            "assert not any(m.startswith('fastai') for m in sys.modules if sys.modules[m] is not None)\n"
-            "print('ok')")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]
+    runs_without('fastai', "from fasterai.misc.fc_decomposer import FC_Decomposer\n"
+                 "torch.manual_seed(0); net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()\n"
+                 "xs = [torch.randn(32, 16) for _ in range(3)]\n"
+                 "for opts in (dict(method='whiten', sequential=True, weigh_outputs=True), dict(budget=0.5, method='whiten')):\n"
+                 "    new = FC_Decomposer(**opts).decompose(net, xs); assert type(new[0]).__name__ == 'LowRankLinear'\n"
+                 "assert not any(m.startswith('fastai') for m in sys.modules if sys.modules[m] is not None)")
