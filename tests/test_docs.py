@@ -208,6 +208,8 @@ def test_search(site, browser, crawl):
     assert 'whiten' in page.inner_text('main').lower(), page.url
 
     assert search(page, 'zzqxnothing')[0][1] is None   # "No results", not an error
+    for c in 'abcdefghijklmnopqrstuvwxyz0123456789':   # the first key typed, whatever it is, finds pages without an error
+        assert search(page, c), c
     page.close()
     assert not problems['errors'], problems['errors']
     assert not problems['refused'], problems['refused']

@@ -22,6 +22,9 @@
   }
   function ready() {
     if (!loading) loading = Promise.all([load('_static/lunr.min.js'), load('_static/search-index.js')]).then(function () {
+      // Words are letters, digits, '_' and '.': lunr's default (split on spaces and '-') indexed code such as
+      // `weights_only=False)[0][5]` as one term, and such terms broke its prefix search ('w' threw in lunr 2.3.9).
+      lunr.tokenizer.separator = /[^\p{L}\p{N}_.]+/u;
       docs = window.SEARCH_DOCS;
       index = lunr(function () {
         this.ref('i');
