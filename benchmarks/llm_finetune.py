@@ -20,8 +20,8 @@ sooner).
 
     python benchmarks/llm_finetune.py --save benchmarks/results/llm_finetune.json   # hours on 2 shared cores
     python benchmarks/llm_finetune.py --runs 0:all 0.2:factors 0.4:factors          # some runs only
-    python benchmarks/llm_finetune.py --steps 32 --save results/llm_finetune.json --runs 0:all 0.2:factors 0.4:factors 0.4:distil 0.6:factors
-                                                      # a shorter figure (see results/llm_finetune.md)
+    python benchmarks/llm_finetune.py --steps 126 --save benchmarks/results/llm_finetune.json --runs 0:all 0.2:factors 0.4:factors
+                                                      # the benchmarks page's runs: a fixed number of steps
     python benchmarks/llm_finetune.py --table --save results/llm_finetune.json --plot results/llm_finetune.png   # its table and plot
     python benchmarks/llm_finetune.py --quick    # a tiny Llama trained in seconds: what CI runs
 """

@@ -24,6 +24,7 @@ def column_major(t:Tensor, # A matrix
 
 _META = {'dtype', 'shape', 'device', 'ndim', 'layout', 'requires_grad', 'is_cuda', 'is_cpu', 'is_meta', 'is_sparse',
          'is_quantized', 'is_nested', 'itemsize', 'size', 'dim', 'numel', 'is_floating_point', 'is_complex', 'element_size', 'get_device'}
+_MHA = inspect.signature(F.multi_head_attention_forward)   # bound at each call of an attention whose out_proj is a pair: built once
 
 class FactoredWeight(Tensor):
     "The weight `B A` of a factorised layer, formed only for the ops that need its values: `F.linear` runs as two thin products"
@@ -54,7 +55,7 @@ class FactoredWeight(Tensor):
             if isinstance(w, FactoredWeight) and not w.flip and not isinstance(x, FactoredWeight):
                 return F.linear(F.linear(x, w.a), w.b, bias)
         if func is F.multi_head_attention_forward:
-            call = inspect.signature(func).bind(*args, **kwargs)
+            call = _MHA.bind(*args, **kwargs)
             w,bias = call.arguments['out_proj_weight'],call.arguments['out_proj_bias']
             if isinstance(w, FactoredWeight) and not w.flip:
                 call.arguments.update(out_proj_weight=w.a, out_proj_bias=None)
