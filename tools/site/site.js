@@ -22,9 +22,19 @@
   }
   function ready() {
     if (!loading) loading = Promise.all([load('_static/lunr.min.js'), load('_static/search-index.js')]).then(function () {
-      // Words are letters, digits, '_' and '.': lunr's default (split on spaces and '-') indexed code such as
-      // `weights_only=False)[0][5]` as one term, and such terms broke its prefix search ('w' threw in lunr 2.3.9).
+      // Words are letters, digits, '_' and '.' (lunr's default splits on spaces and '-' only, so code such as
+      // `weights_only=False)[0][5]` was one term).
       lunr.tokenizer.separator = /[^\p{L}\p{N}_.]+/u;
+      // lunr 2.3.9 merges equal suffixes of its terms by a key of each node, its edges' labels followed by their
+      // nodes' ids: with digits among the labels two different nodes can get the same key (edges '1' to node 23 and
+      // '5' to node 7 read as '1' to node 2 and '3' to node 57), the index then answers a prefix with terms it does
+      // not hold, and the query throws (typing 'w', or '1', on these pages). Keys with delimiters:
+      lunr.TokenSet.prototype.toString = function () {
+        if (this._str) return this._str;
+        var str = this.final ? '1' : '0', labels = Object.keys(this.edges).sort();
+        for (var i = 0; i < labels.length; i++) str += labels[i] + ',' + this.edges[labels[i]].id + ';';
+        return str;
+      };
       docs = window.SEARCH_DOCS;
       index = lunr(function () {
         this.ref('i');
