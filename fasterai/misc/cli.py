@@ -52,6 +52,10 @@ def parser()->argparse.ArgumentParser:
     d.add_argument('--skip-unprofitable', action='store_true', default=None, help='leave layers that would not shrink')
     d.add_argument('--faster-at', type=int, metavar='ROWS', help='leave layers whose pair does not run faster on ROWS input rows (1: decoding), timed here')
     d.add_argument('--rank-multiple', type=int, help='round each rank down to a multiple of this')
+    d.add_argument('--cache-dtype', choices=('bfloat16', 'float16', 'float32'), help="with --calib, keep the activations passed from block to block "
+                   "(--sequential, or a model directory streamed a block at a time) in this dtype (default: the model's)")
+    d.add_argument('--disk-cache', action='store_true', help='with --calib, keep the activations passed from block to block in files beside OUTPUT, not '
+                   'in memory (a model directory streamed a block at a time)')
     d.add_argument('--device', help='where each layer (with --calib: each block) is computed, e.g. cuda: moved there from the disk or the '
                    'CPU memory for its turn, and back (default: cpu)')
     d.add_argument('--force', action='store_true', help='overwrite OUTPUT if it exists')
@@ -118,13 +122,14 @@ FLAGS = dict(rank_ratio='--rank-ratio', energy_threshold='--energy', rank='--ran
              recipe='--recipe', method='--method', sequential='--sequential', refine='--refine', weigh_outputs='--weigh-outputs',
              sensitivity='--sensitivity', n_batches='--n-batches', layers='--layers', exclude='--exclude',
              skip_unprofitable='--skip-unprofitable', faster_at='--faster-at', rank_multiple='--rank-multiple',
-             device='--device') # `FC_Decomposer`'s options, and the flags that set them
+             cache_dtype='--cache-dtype', device='--device') # `FC_Decomposer`'s options, and the flags that set them
 
 def flag(name:str, # An option of `FC_Decomposer`
          value, # Its value, or `...` for the option alone
         )->str:
     "The option as the command line writes it: `--method whiten`, `--sequential`, `--energy`"
     f = FLAGS.get(name, name)
+    if isinstance(value, torch.dtype): value = str(value).removeprefix('torch.')
     return f if value is ... or value is True else f"{f} {value}"
 
 def read_calib(path:Path, # A text file (`.txt`) or a file saved with `torch.save`
@@ -157,13 +162,14 @@ def stream_dir(fc, # The `FC_Decomposer`
                src:Path, # The model directory read
                dst:Path, # Where the decomposed one goes
                data, # Calibration data, or `None`
+               disk_cache:bool=False, # Keep the activations passed from block to block on disk
               ):
     "Decompose the checkpoint `src` a layer or a block at a time into a temporary directory beside `dst`, then rename it into place"
     from fasterai.misc.fc_decomposer import OptionError
     from fasterai.misc.streaming import NotStreamable
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.tmp'))
     try:
-        fc.decompose_checkpoint(src, tmp/dst.name, data)
+        fc.decompose_checkpoint(src, tmp/dst.name, data, disk_cache=disk_cache)
         _move_into_place(tmp/dst.name, dst)
     except NotStreamable: raise   # the caller loads the model whole
     except OptionError as e: raise CLIError(e.say(flag)) from None
@@ -179,14 +185,21 @@ def decompose_file(a:argparse.Namespace): # Arguments parsed by `parser`
     if dst.exists() and not a.force: raise CLIError(f"{dst}: exists (use --force to overwrite it)")
     if not dst.parent.is_dir(): raise CLIError(f"{dst.parent}: no such directory")
     opts = {o:getattr(a, 'energy' if o == 'energy_threshold' else o) for o in FLAGS}
+    if opts['cache_dtype']: opts['cache_dtype'] = getattr(torch, opts['cache_dtype'])
     try: fc = FC_Decomposer(**opts, inplace=True)   # the model read is ours alone: its weights' memory can go to the factors
     except OptionError as e: raise CLIError(e.say(flag)) from None
     if fc.uses_data and not a.calib: raise CLIError(f"{flag('method', fc.method)} calibrates on data: give it with --calib FILE")
     data = read_calib(Path(a.calib), src, a) if a.calib else None
     streamed = streamable(src) and whole_model(vars(fc)) is None
+    disk = f"--disk-cache keeps the activations of a block-at-a-time walk on disk, but {src} "
+    if a.disk_cache and not fc.uses_data: raise CLIError(f"--disk-cache keeps calibration activations, which {flag('method', fc.method)} does not use")
+    if a.disk_cache and not streamed:
+        why = whole_model(vars(fc))
+        raise CLIError(disk + ("is loaded whole with " + why[0].format(*(flag(*o) for o in why[1:])) if streamable(src) and why else "is not a model directory with safetensors weights"))
     if streamed:
-        try: stream_dir(fc, src, dst, data)
+        try: stream_dir(fc, src, dst, data, a.disk_cache)
         except NotStreamable as e:
+            if a.disk_cache: raise CLIError(disk + f"can't be streamed: {e}") from None
             print(f"{src} is loaded whole: {e}", flush=True)
             streamed = False
     if not streamed:

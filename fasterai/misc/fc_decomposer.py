@@ -127,7 +127,7 @@ def check_options(o:dict, # Every option's value, as `resolve_options` gives the
         if why: raise OptionError(why[0] + ": leave {} out, and move the model to the device", *why[1:], ('device', d))
     cd = o.get('cache_dtype')
     if cd is not None and not (isinstance(cd, torch.dtype) and cd.is_floating_point): raise OptionError(f"{{}} must be a floating torch.dtype, got {cd!r}", ('cache_dtype', ...))
-    if cd is not None and not o['sequential']: raise OptionError("{} is the dtype of the walk's cache: set {}", ('cache_dtype', cd), ('sequential', True))
+    if cd is not None and method == 'svd': raise OptionError("{} is the dtype of the calibration activations a walk caches, which {} does not use", ('cache_dtype', cd), ('method', 'svd'))
     if o['weigh_outputs'] and method != 'whiten': raise OptionError(f"{{}} weighs whitening's output errors: set {{}} (not {method!r})", ('weigh_outputs', True), ('method', 'whiten'))
     s = o.get('sensitivity')
     if s is not None:
@@ -212,7 +212,7 @@ class FC_Decomposer:
         inplace:bool=False, # Rewrite and return the model given, without copying it first; weights nothing else holds lend their memory to the factors
         method:str|None=None, # 'svd' (default): weights only; 'asvd' or 'whiten': calibrated on the `data` given to `decompose`
         sequential:bool|None=None, # Calibrate each layer on its inputs in the model decomposed so far, block by block (data-aware methods; `whiten` then aims at the original outputs); default False
-        cache_dtype:torch.dtype|None=None, # With `sequential`, keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
+        cache_dtype:torch.dtype|None=None, # With `sequential`, or a block at a time ([streaming](streaming.html)), keep the activations cached between blocks in this dtype (e.g. `torch.bfloat16`: half the memory)
         refine:int|None=None, # With `sequential`, epochs of Adam per block fitting its new factors to the original block's outputs ([block refinement](refinement.html)); default 0: closed form only
         sensitivity:str|None=None, # With `budget` and a data-aware method, how layers' errors are weighed: 'jacobian' (default), 'measured' or 'spectrum' (see the Sensitivity page)
         weigh_outputs:bool|None=None, # With whitening, weigh each layer's output errors by how much the model's output feels them (`G`, one more pass, forward and backward); default False
@@ -460,6 +460,8 @@ def decompose(self:FC_Decomposer,
     if self.distributed: group_size()   # a process group must be initialised: fail before any work
     from fasterai.misc.streaming import onloads   # (streaming builds on this module)
     if onloads(model, self.device): return self._onloaded(model, data)   # a block at a time: through accelerate's hooks, or onto `device`
+    if self.cache_dtype is not None and not self.sequential:
+        raise OptionError("{} is the dtype of the activations cached between blocks: set {}, or decompose a block at a time (decompose_checkpoint, an offloaded model)", ('cache_dtype', self.cache_dtype), ('sequential', True))
     rows,n_params = self._select(model),sum(p.numel() for p in model.parameters())
     todo,self.spectra = [r for r in rows if r.selected],{}
     if not rows: warnings.warn(f"{type(model).__name__} has no linear layer: returning it {'' if self.inplace else 'as an unchanged copy'}")

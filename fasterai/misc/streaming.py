@@ -13,7 +13,7 @@ from torch import nn, Tensor
 from .calibration import calibration_batches, on_device, padding_mask
 from .fc_decomposer import FC_Decomposer, LayerPlan, OptionError, _factorisable, _held, record_ranks, whole_model
 from .huggingface import _as_base, _config, _model_class, _ranks, params_on_meta
-from .sequential import _passes_on, advance, block_of, catch_inputs, find_blocks, stream_stats
+from .sequential import _passes_on, advance, block_of, catch_inputs, find_blocks, hidden, stream_stats
 from .surgery import keep_off_fast_path, named_linears
 
 # %% auto #0
@@ -218,15 +218,39 @@ class _FromCheckpoint:
 
 # %% ../../nbs/misc/streaming.ipynb #62326f26
 @contextlib.contextmanager
-def _replaying(blocks:list, outs:list|None):
-    "Every block of `blocks` returns, for batch `at[0]`, what the last block did on it (`outs`): a pass runs what is around the blocks alone"
+def _replaying(blocks:list, outs:list|None, back=lambda o: o):
+    "Every block of `blocks` returns, for batch `at[0]`, what the last block did on it (`outs`, through `back`): a pass runs what is around the blocks alone"
     at,saved = [0],{}
-    for b in blocks: saved[b] = b.__dict__.get('forward'); b.forward = lambda *args, **kwargs: outs[at[0]]
+    for b in blocks: saved[b] = b.__dict__.get('forward'); b.forward = lambda *args, **kwargs: back(outs[at[0]])
     try: yield at
     finally:
         for b,f in saved.items():
             if f is None: del b.forward
             else: b.forward = f
+
+def _first(out): return out[0] if isinstance(out, (tuple, list)) else out
+def _with_first(out, h): return (h, *out[1:]) if isinstance(out, (tuple, list)) else h
+
+class _Cache:
+    "The hidden states passed from block to block: kept in `dtype` (`None`: as computed), in memory or (`disk`: a directory) in files there, memory-mapped"
+    def __init__(self, dtype=None, disk:Path|None=None): self.dtype,self.disk,self.n,self.src = dtype,disk,0,None
+    def _call(self, out): return isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)   # `(args, kwargs)`, not an output
+    def _swap(self, out, f):
+        h = hidden(out) if self._call(out) else _first(out)
+        return advance(out, f(h)) if self._call(out) else _with_first(out, f(h))
+    def _keep(self, h):
+        self.src = h.dtype,h.device
+        h = h.to(self.dtype or h.dtype)
+        if self.disk is None: return h
+        f = self.disk/f'{self.n}.pt'; self.n += 1   # its values live in the page cache, which the system can take back and read again
+        torch.save(h.cpu(), f); h = torch.load(f, mmap=True); f.unlink()   # the mapping keeps the unlinked file's pages
+        return h
+    def keep(self, out):
+        "`out` (a block's output, or the `(args, kwargs)` of its call) with its hidden states as the cache keeps them"
+        return self._swap(out, self._keep)
+    def back(self, out):
+        "`out` with its hidden states in the dtype and on the device they were computed in"
+        return self._swap(out, lambda h: h.to(self.src[1], self.src[0]))
 
 def _mmap_large():
     "Have glibc's `malloc` give every block over 64 KiB its own pages, returned to the system when freed (its default raises that threshold to the largest block freed, after which a layer's memory stays in its heap: a few MiB more resident per layer)"
@@ -249,6 +273,7 @@ def _stream(self:FC_Decomposer,
     store, # `load`, `drop` and `save` a module's weights, and `outside(blocks)` for a pass
     data=None, # Calibration data, for a data-aware `method`
     device=None, # Where the calibration batches go: the blocks' device
+    disk:Path|None=None, # A directory where the activations passed from block to block are kept, rather than in memory
 )->nn.Module:
     "Decompose `model` a layer at a time (data-aware: a block at a time, on the original model's activations); sets `report` and `ranks`"
     why = whole_model(vars(self))
@@ -269,7 +294,7 @@ def _stream(self:FC_Decomposer,
         self._choose_ranks(model, todo, spectra)
         todo = [r for r in todo if r.rank]
     elif self.energy_threshold is None: self._choose_ranks(model, todo, {})
-    if self.uses_data: model = self._stream_data(model, store, todo, data, device)
+    if self.uses_data: model = self._stream_data(model, store, todo, data, device, disk)
     else:
         for r in self._bar(todo):
             store.load(r.name)
@@ -280,15 +305,15 @@ def _stream(self:FC_Decomposer,
     return model
 
 @patch
-def _stream_data(self:FC_Decomposer, model, store, todo, data, device)->nn.Module:
-    "The layers of `todo` decomposed a block at a time, each calibrated on the original model's activations, which pass from block to block"
+def _stream_data(self:FC_Decomposer, model, store, todo, data, device, disk:Path|None=None)->nn.Module:
+    "The layers of `todo` decomposed a block at a time, each calibrated on the original model's activations, which pass from block to block (in `cache_dtype`; with `disk`, in files there)"
     nocache = {'use_cache': False} if 'use_cache' in inspect.signature(model.forward).parameters else {}
     batches = [(a, {**kw, **nocache}) for a,kw in (on_device(b, device) for b in calibration_batches(data, self.n_batches))]
     if not batches: raise ValueError("the calibration data gave no batch")
     keeps,blocks = [padding_mask(kw) for _,kw in batches],find_blocks(model, [r.name for r in todo])
     inner,outer = {b:[r for r in todo if block_of(r.name, blocks) == b] for b in blocks},[r for r in todo if block_of(r.name, blocks) is None]
     layers = lambda rs: {r.name:model.get_submodule(r.name) for r in rs}
-    modes,outs = {m:m.training for m in model.modules()},None
+    modes,outs,cache = {m:m.training for m in model.modules()},None,_Cache(self.cache_dtype, disk)
     try:
         model.eval()
         with torch.no_grad():
@@ -299,19 +324,19 @@ def _stream_data(self:FC_Decomposer, model, store, todo, data, device)->nn.Modul
                     if len(blocks) > 1: store.drop(blocks[1])
                     if not alike: raise NotStreamable(f"the blocks of {type(model).__name__} are not called alike (each one's inputs are not "
                                                       "the last one's outputs): calibrate the loaded model instead")
-                    xs = catch_inputs(model, model.get_submodule(blocks[0]), batches)
+                    xs = [cache.keep(x) for x in catch_inputs(model, model.get_submodule(blocks[0]), batches)]
                 for i,b in enumerate(self._bar(todo, blocks)):
                     if i: store.load(b)
                     blk,rs = model.get_submodule(b),inner[b]
-                    run = lambda j: blk(*xs[j][0], **xs[j][1])
+                    def run(j): a,kw = cache.back(xs[j]); return blk(*a, **kw)
                     stats = stream_stats(layers(rs), run, keeps) if rs else {}
-                    outs = [run(j) for j in range(len(xs))]   # the original block's: the next one's inputs
+                    outs = [cache.keep(run(j)) for j in range(len(xs))]   # the original block's: the next one's inputs
                     for r in rs: model = self._one(model, r, stats.pop(r.name))
                     (store.save if rs else store.drop)(b)
                     xs = [advance(x, o) for x,o in zip(xs, outs)]
             if outer:   # around the blocks (an LM head): one pass, every block replaying the last one's outputs
                 for r in outer: store.load(r.name)
-                with store.outside(blocks), _replaying([model.get_submodule(b) for b in blocks], outs) as at:
+                with store.outside(blocks), _replaying([model.get_submodule(b) for b in blocks], outs, cache.back) as at:
                     def run(j): at[0] = j; return model(*batches[j][0], **batches[j][1])
                     stats = stream_stats(layers(outer), run, keeps)
                     for r in outer: model = self._one(model, r, stats.pop(r.name)); store.save(r.name)
@@ -345,6 +370,7 @@ def decompose_checkpoint(self:FC_Decomposer,
     data=None, # Calibration data for a data-aware `method`, as `decompose` takes it
     cls:type|None=None, # The model class (default: the one `config.json` names in `architectures`)
     max_shard_size:int=5*10**9, # Bytes of weights per file written; more are sharded, with `model.safetensors.index.json`
+    disk_cache:bool=False, # Keep the activations passed from block to block in files beside `dst` (memory-mapped), not in memory: for calibration data that doesn't fit
 )->Path:
     "Decompose the checkpoint `src` into `dst` without loading the whole model: a layer (data-aware: a block) at a time, read onto `device`; sets `report` and `ranks`"
     src,dst = Path(src),Path(dst)
@@ -357,7 +383,8 @@ def decompose_checkpoint(self:FC_Decomposer,
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.tmp'))
     try:
         store = _FromCheckpoint(model, ckpt, ShardWriter(tmp, room, max_shard_size), self.device)
-        with _lending(self): model = self._stream(model, store, data, self.device)
+        with _lending(self), tempfile.TemporaryDirectory(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.cache') if disk_cache else contextlib.nullcontext() as disk:
+            model = self._stream(model, store, data, self.device, disk and Path(disk))
         store.finish()
         record_ranks(model, self.ranks).config.save_pretrained(tmp)
         copy_along(src, tmp)
