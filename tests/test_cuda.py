@@ -49,7 +49,7 @@ def _small_llama():
                                    num_key_value_heads=2, max_position_embeddings=32)
     return transformers.LlamaForCausalLM(cfg).eval(),[dict(input_ids=torch.randint(0, 128, (4, 32))) for _ in range(3)]
 
-@pytest.mark.parametrize('opts', [dict(), dict(method='whiten'), dict(method='asvd', rank_ratio=0.25)], ids=['svd', 'whiten', 'asvd'])
+@pytest.mark.parametrize('opts', [dict(), dict(method='whiten'), dict(method='asvd', rank_ratio=0.25), dict(method='whiten', sequential=True)], ids=['svd', 'whiten', 'asvd', 'sequential'])
 def test_onloading(opts, tmp_path):
     "GPU onloading (device='cuda'): the model stays in CPU memory, each layer or block is moved to the GPU for its turn and back; as on the CPU"
     lm,data = _small_llama()
@@ -71,15 +71,16 @@ def test_onloading(opts, tmp_path):
     assert same.decompose(lm, data) is lm and {p.device.type for p in lm.parameters()} == {'cpu'}
     with torch.no_grad(): torch.testing.assert_close(lm(input_ids=x).logits, ref(input_ids=x).logits, rtol=1e-3, atol=1e-3)
 
-def test_checkpoint_onloaded(tmp_path):
-    "A checkpoint streamed onto the GPU a block at a time, and a model accelerate keeps in CPU memory for the GPU: as on the CPU"
+@pytest.mark.parametrize('sequential', [False, True])
+def test_checkpoint_onloaded(tmp_path, sequential):
+    "A checkpoint streamed onto the GPU a block at a time (its activations on disk), and a model accelerate keeps in CPU memory for the GPU: as on the CPU"
     import accelerate
     from fasterai.misc.streaming import offloaded
     lm,data = _small_llama()
     lm.save_pretrained(tmp_path/'src', max_shard_size='100KB')
-    opts = dict(method='whiten', rank_ratio=0.25)
+    opts = dict(method='whiten', rank_ratio=0.25, sequential=sequential)
     FC_Decomposer(**opts).decompose_checkpoint(tmp_path/'src', tmp_path/'cpu', data)
-    FC_Decomposer(**opts, device='cuda').decompose_checkpoint(tmp_path/'src', tmp_path/'gpu', data)
+    FC_Decomposer(**opts, device='cuda').decompose_checkpoint(tmp_path/'src', tmp_path/'gpu', data, disk_cache=True)
     a,b = load_pretrained(tmp_path/'cpu'),load_pretrained(tmp_path/'gpu')
     x = torch.randint(0, 128, (2, 16))
     with torch.no_grad(): torch.testing.assert_close(b(input_ids=x).logits, a(input_ids=x).logits, rtol=1e-3, atol=1e-3)

@@ -43,7 +43,8 @@ def same(path, ref, exact=True):
     return True
 
 OPTS = [dict(), dict(energy_threshold=0.8), dict(param_ratio=0.6, skip_unprofitable=True), dict(rank={'*.0.*': 3, '*': 5}, exclude=['lm_head']),
-        dict(method='whiten', rank_ratio=0.25), dict(method='asvd'), dict(method='whiten', energy_threshold=0.9, exclude=['lm_head'])]
+        dict(method='whiten', rank_ratio=0.25), dict(method='asvd'), dict(method='whiten', energy_threshold=0.9, exclude=['lm_head']),
+        dict(method='whiten', sequential=True, rank_ratio=0.25), dict(method='asvd', sequential=True, exclude=['lm_head'])]
 
 @pytest.mark.parametrize('name', ['llama', 'gpt2', 'bert', 't5'])
 @pytest.mark.parametrize('opts', OPTS, ids=lambda o: ','.join(f'{k}={v}' for k,v in o.items()) or 'svd')
@@ -96,7 +97,7 @@ def test_bfloat16_checkpoint(tmp_path):
 def test_errors_leave_nothing(tmp_path):
     model,kw = tiny('llama')
     model.save_pretrained(tmp_path/'src')
-    cases = [(dict(method='whiten', sequential=True), [kw], OptionError, 'sequential=True is not done a block at a time'),
+    cases = [(dict(method='whiten', sequential=True, energy_threshold=0.9), [kw], OptionError, "energy_threshold=0.9 with sequential=True reads each layer's spectrum in a pass over the whole original model first"),
              (dict(method='whiten', weigh_outputs=True), [kw], OptionError, 'weigh_outputs=True runs backward passes'),
              (dict(method='whiten', budget=0.5), [kw], OptionError, 'with data compares whole models'),
              (dict(method='whiten'), None, ValueError, 'calibrates on data: pass `data`'),
@@ -140,8 +141,11 @@ def test_command_line_streams(tmp_path):
     model,kw = tiny('llama')
     model.save_pretrained(tmp_path/'llama')
     torch.save([kw], tmp_path/'calib.pt')
-    r = cli('decompose', tmp_path/'llama', tmp_path/'seq', '--method', 'whiten', '--sequential', '--calib', tmp_path/'calib.pt')
-    assert r.returncode == 0 and 'streamed from' not in r.stdout, r.stderr   # sequential needs the whole model
+    r = cli('decompose', tmp_path/'llama', tmp_path/'seq', '--method', 'whiten', '--sequential', '--calib', tmp_path/'calib.pt', '--disk-cache')
+    assert r.returncode == 0 and 'a block at a time' in r.stdout, r.stderr
+    assert same(tmp_path/'seq', FC_Decomposer(method='whiten', sequential=True, inplace=True).decompose(load_pretrained(tmp_path/'llama'), [kw]))
+    r = cli('decompose', tmp_path/'llama', tmp_path/'wo', '--method', 'whiten', '--weigh-outputs', '--calib', tmp_path/'calib.pt')
+    assert r.returncode == 0 and 'streamed from' not in r.stdout, r.stderr   # weighing the outputs needs the whole model
     r = cli('decompose', tmp_path/'llama', tmp_path/'w', '--method', 'whiten', '--calib', tmp_path/'calib.pt')
     assert r.returncode == 0 and 'a block at a time' in r.stdout, r.stderr
     assert same(tmp_path/'w', FC_Decomposer(method='whiten', inplace=True).decompose(load_pretrained(tmp_path/'llama'), [kw]))
@@ -156,7 +160,7 @@ def offload(how, model, tmp_path):
     return transformers.AutoModelForCausalLM.from_pretrained(tmp_path/'src', device_map=dm, offload_folder=tmp_path/'folder')
 
 @pytest.mark.parametrize('how', ['cpu_offload', 'disk_offload', 'device_map'])
-@pytest.mark.parametrize('opts', [dict(), dict(method='whiten'), dict(method='asvd', energy_threshold=0.9)], ids=['svd', 'whiten', 'asvd-energy'])
+@pytest.mark.parametrize('opts', [dict(), dict(method='whiten'), dict(method='asvd', energy_threshold=0.9), dict(method='whiten', sequential=True)], ids=['svd', 'whiten', 'asvd-energy', 'sequential'])
 def test_offloaded_equals_in_memory(tmp_path, how, opts):
     model,kw = tiny('llama')
     om = offload(how, model, tmp_path)
@@ -186,7 +190,6 @@ def test_offloaded_in_place_frees(tmp_path):
     new = FC_Decomposer(method='whiten', inplace=True).decompose(om, [kw])
     assert new is om and n - len(held) == 7*2 + 1
     with torch.no_grad(): torch.testing.assert_close(new(**kw).logits, FC_Decomposer(method='whiten').decompose(model, [kw])(**kw).logits)
-    with pytest.raises(OptionError, match='sequential=True is not done a block at a time'): FC_Decomposer(method='whiten', sequential=True).decompose(om, [kw])
 
 GROWTH = """import shutil, sys, torch, transformers
 from fasterai.misc.all import *

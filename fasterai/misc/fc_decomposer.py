@@ -89,7 +89,7 @@ def resolve_options(recipe:str|None, # A name of `RECIPES`, or `None`
 def whole_model(o:dict, # Every option's value, as `resolve_options` gives them
                )->tuple|None:
     "Why the options `o` need the whole model at once, not a block at a time ([streaming](streaming.html)): `OptionError`'s arguments, or `None`"
-    if o['sequential']: return ("{} is not done a block at a time yet", ('sequential', True))
+    if o['sequential'] and o.get('energy_threshold') is not None: return ("{} with {} reads each layer's spectrum in a pass over the whole original model first", ('energy_threshold', o['energy_threshold']), ('sequential', True))
     if o['weigh_outputs']: return ("{} runs backward passes through the whole model", ('weigh_outputs', True))
     if o.get('budget') is not None and o['method'] != 'svd': return ("a {} with data compares whole models", ('budget', o['budget']))
     if o['distributed']: return ("{} is not done a block at a time yet", ('distributed', True))

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/sequential.ipynb #c1358ea4
 from __future__ import annotations
-import inspect, warnings
+import contextlib, inspect, warnings
 import torch
 from fastprogress.fastprogress import progress_bar
 from torch import nn, Tensor
@@ -221,10 +221,41 @@ def _passes_on(model:nn.Module, blocks:list[str], batch:tuple)->bool:
     return (len(out[0]) == len(b[0]) and out[1].keys() == b[1].keys() and all(map(same, out[0], b[0]))
             and all(same(out[1][k], b[1][k]) for k in b[1] if isinstance(b[1][k], Tensor)))
 
-def _to(inp:tuple, dtype)->tuple:
-    "`inp` (a block's `(args, kwargs)`) with its hidden states in `dtype` (`None`: as they are)"
-    h = hidden(inp)
-    return inp if dtype is None or not h.is_floating_point() else advance(inp, h.to(dtype))
+def _first(out): return out[0] if isinstance(out, (tuple, list)) else out
+def _with_first(out, h): return (h, *out[1:]) if isinstance(out, (tuple, list)) else h
+
+class _Cache:
+    "The hidden states passed from block to block: kept in `dtype` (`None`: as computed), in memory or (`disk`: a directory) in files there, memory-mapped"
+    def __init__(self, dtype=None, disk=None): self.dtype,self.disk,self.n,self.src = dtype,disk,0,None
+    def _call(self, out): return isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)   # `(args, kwargs)`, not an output
+    def _swap(self, out, f):
+        h = hidden(out) if self._call(out) else _first(out)
+        return advance(out, f(h)) if self._call(out) else _with_first(out, f(h))
+    def _keep(self, h):
+        self.src = h.dtype,h.device
+        h = h.to(self.dtype or h.dtype)
+        if self.disk is None: return h
+        f = self.disk/f'{self.n}.pt'; self.n += 1   # its values live in the page cache, which the system can take back and read again
+        torch.save(h.cpu(), f); h = torch.load(f, mmap=True); f.unlink()   # the mapping keeps the unlinked file's pages
+        return h
+    def keep(self, out):
+        "`out` (a block's output, or the `(args, kwargs)` of its call) with its hidden states as the cache keeps them"
+        return self._swap(out, self._keep)
+    def back(self, out):
+        "`out` with its hidden states in the dtype and on the device they were computed in"
+        return self._swap(out, lambda h: h.to(self.src[1], self.src[0]))
+
+@contextlib.contextmanager
+def _replaying(blocks:list, outs:list|None, back=lambda o: o):
+    "Every block of `blocks` returns, for batch `at[0]`, what the last block did on it (`outs`, through `back`): a pass runs what is around the blocks alone"
+    at,saved = [0],{}
+    for b in blocks: saved[b] = b.__dict__.get('forward'); b.forward = lambda *args, **kwargs: back(outs[at[0]])
+    try: yield at
+    finally:
+        for b,f in saved.items():
+            if f is None: del b.forward
+            else: b.forward = f
+
 
 # %% ../../nbs/misc/sequential.ipynb #6ab79450
 def sequential_walk(orig:nn.Module, # The original model (never modified)
@@ -238,11 +269,14 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     show:bool=False, # Show a progress bar over the blocks
                     refine_epochs:int=0, # Epochs of [block refinement](refinement.html) after each block is decomposed (0: none)
                     distributed:bool=False, # Sum the statistics over the processes of the `torch.distributed` group, each walking its own batches ([distributed calibration](distributed.html)); `replace` must give every process the same layers
+                    store=None, # Where the weights are, loaded a block at a time ([streaming](streaming.html)): `orig` is then `res`, and each block's original outputs are recorded before its layers are replaced
+                    device=None, # With `store`: where the calibration batches go (the blocks' device)
+                    disk=None, # A directory where the activations cached between blocks are kept, memory-mapped, rather than in memory
                    )->tuple[nn.Module, dict]:
     "Decompose the layers `names` of `res` in order, block by block (outside the blocks: whole-model passes), each calibrated on its inputs in the model decomposed so far; returns the root and `{block: (before, after)}`, each refined block's mean squared output error on the calibration data"
     if refine_epochs and distributed: raise ValueError("refinement takes Adam steps over one process's batches: it is not done across processes (distributed=True)")
-    p = next(orig.parameters(), None)
-    device,dtype = (p.device,p.dtype) if p is not None else (None,None)
+    one = store is not None   # one model, a block at a time
+    if not one: device = getattr(next(orig.parameters(), None), 'device', None)
     nocache = {'use_cache': False} if 'use_cache' in inspect.signature(orig.forward).parameters else {}   # a cache would grow at each block call
     batches = [(a, {**kw, **nocache}) for a,kw in (on_device(b, device) for b in calibration_batches(data, n_batches))]
     keeps,blocks,units = [padding_mask(kw) for _,kw in batches],find_blocks(res, names),[]
@@ -251,20 +285,43 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
         b = block_of(n, blocks)
         if b is not None and units and units[-1][0] == b: units[-1][1].append(n)
         else: units.append((b, [n]))
+    cache = _Cache(cache_dtype, disk)
     whole = lambda m: lambda i: m(*batches[i][0], **batches[i][1])
-    call = lambda blk,s: lambda i: blk(*_to(s[i], dtype)[0], **s[i][1])
-    step = lambda run,s: [_to(advance(o, run(i)), cache_dtype) for i,o in enumerate(s)]   # the stream `s` on, by `run`
+    def call(blk, s):
+        def run(i): a,kw = cache.back(s[i]); return blk(*a, **kw)
+        return run
+    step = lambda run,s: [cache.keep(advance(o, run(i))) for i,o in enumerate(s)]   # the stream `s` on, by `run`
     def group(res, ns, ys, run):
         stats = stream_stats({n:res.get_submodule(n) for n in ns}, run, keeps, ys if paired else None, distributed)
         return replace(res, ns, stats)
-    streams,at,modes,refined = None,None,{m:m.training for m in [*orig.modules(), *res.modules()]},{}
+    def through(streams, at, i):   # both streams on through the blocks `at` to `i` (excluded), each loaded for its turn
+        for j in range(at, i):
+            if one: store.load(blocks[j])
+            streams = [step(call(m.get_submodule(blocks[j]), s), s) for m,s in zip((orig, res), streams)]
+            if one: store.drop(blocks[j])
+        return streams
+    streams,at,last,modes,refined = None,None,None,{m:m.training for m in [*orig.modules(), *res.modules()]},{}
     try:
         orig.eval(); res.eval()
         with torch.no_grad():
-            passes_on = _passes_on(orig, blocks, batches[0]) if batches else True
+            passes_on = one or (_passes_on(orig, blocks, batches[0]) if batches else True)   # a block at a time: the caller checked
             pb = progress_bar(units, leave=False) if show else units
             for b,ns in pb:
                 if show: pb.comment = b or ns[0]
+                if b is None and one:   # after the blocks (an LM head): passes where every block replays the last one's outputs, on each stream
+                    streams,at = through(streams, at, len(blocks)),len(blocks)
+                    for n in ns: store.load(n)
+                    ends = [[_with_first(last, hidden(o)) for o in s] for s in streams]
+                    replayed = lambda s: _replaying([res.get_submodule(x) for x in blocks], s, cache.back)
+                    def past(k):   # a pass in which the blocks replay
+                        def run(i): k[0] = i; return res(*batches[i][0], **batches[i][1])
+                        return run
+                    with store.outside(blocks):
+                        with replayed(ends[0]) as k: ys = record({n:orig.get_submodule(n) for n in ns}, past(k), keeps, cache_dtype)[0] if paired else None
+                        for n in ns:
+                            with replayed(ends[1]) as k: res = group(res, [n], ys, past(k))
+                            store.save(n)
+                    continue
                 if b is None:   # a layer outside the blocks: whole-model passes
                     streams = None
                     for n in ns:
@@ -272,11 +329,12 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                         res = group(res, [n], ys, whole(res))
                     continue
                 i = blocks.index(b)
-                if streams is None or not passes_on:
-                    streams = [[_to(o, cache_dtype) for o in catch_inputs(m, m.get_submodule(b), batches)] for m in (orig, res)]
-                else:
-                    for j in range(at, i):   # pass both streams on through the blocks in between
-                        streams = [step(call(m.get_submodule(blocks[j]), s), s) for m,s in zip((orig, res), streams)]
+                if streams is None or not passes_on:   # a block at a time: from the first block, then on
+                    with store.outside(blocks) if one else contextlib.nullcontext():
+                        streams = [[cache.keep(o) for o in catch_inputs(m, m.get_submodule(blocks[0] if one else b), batches)] for m in ((orig,) if one else (orig, res))]
+                    streams,at = (streams*2,0) if one else (streams,i)
+                streams = through(streams, at, i)
+                if one: store.load(b)
                 ys,groups,outs = record({n:orig.get_submodule(n) for n in ns}, call(orig.get_submodule(b), streams[0]), keeps, cache_dtype, stop=False)
                 if distributed: groups = merge_groups(all_objects((groups, [n for n in ns if ys[n]])))   # every process calibrates the same groups
                 blk = res.get_submodule(b)
@@ -295,8 +353,11 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     r = refine([p for n in ns for p in res.get_submodule(n).parameters()], err, len(batches), refine_epochs)
                     refined[b] = r
                     new = step(run, streams[1])
-                streams,at = [[_to(advance(o, out), cache_dtype) for o,out in zip(streams[0], outs)],new],i+1
+                last = _with_first(outs[0], None)
+                streams,at = [[cache.keep(advance(o, out)) for o,out in zip(streams[0], outs)],new],i+1
+                if one: store.save(b)
                 del ys,outs; trim_heap()   # what the block left free goes back to the OS
     finally:
         for m,t in modes.items(): m.training = t
     return res,refined
+

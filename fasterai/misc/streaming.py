@@ -13,7 +13,7 @@ from torch import nn, Tensor
 from .calibration import calibration_batches, on_device, padding_mask
 from .fc_decomposer import FC_Decomposer, LayerPlan, OptionError, _factorisable, _held, record_ranks, whole_model
 from .huggingface import _as_base, _config, _model_class, _ranks, params_on_meta
-from .sequential import _passes_on, advance, block_of, catch_inputs, find_blocks, hidden, stream_stats
+from .sequential import _Cache, _passes_on, _replaying, advance, block_of, catch_inputs, find_blocks, sequential_walk, stream_stats
 from .surgery import keep_off_fast_path, named_linears
 
 # %% auto #0
@@ -217,41 +217,6 @@ class _FromCheckpoint:
         return self.writer.close()
 
 # %% ../../nbs/misc/streaming.ipynb #62326f26
-@contextlib.contextmanager
-def _replaying(blocks:list, outs:list|None, back=lambda o: o):
-    "Every block of `blocks` returns, for batch `at[0]`, what the last block did on it (`outs`, through `back`): a pass runs what is around the blocks alone"
-    at,saved = [0],{}
-    for b in blocks: saved[b] = b.__dict__.get('forward'); b.forward = lambda *args, **kwargs: back(outs[at[0]])
-    try: yield at
-    finally:
-        for b,f in saved.items():
-            if f is None: del b.forward
-            else: b.forward = f
-
-def _first(out): return out[0] if isinstance(out, (tuple, list)) else out
-def _with_first(out, h): return (h, *out[1:]) if isinstance(out, (tuple, list)) else h
-
-class _Cache:
-    "The hidden states passed from block to block: kept in `dtype` (`None`: as computed), in memory or (`disk`: a directory) in files there, memory-mapped"
-    def __init__(self, dtype=None, disk:Path|None=None): self.dtype,self.disk,self.n,self.src = dtype,disk,0,None
-    def _call(self, out): return isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)   # `(args, kwargs)`, not an output
-    def _swap(self, out, f):
-        h = hidden(out) if self._call(out) else _first(out)
-        return advance(out, f(h)) if self._call(out) else _with_first(out, f(h))
-    def _keep(self, h):
-        self.src = h.dtype,h.device
-        h = h.to(self.dtype or h.dtype)
-        if self.disk is None: return h
-        f = self.disk/f'{self.n}.pt'; self.n += 1   # its values live in the page cache, which the system can take back and read again
-        torch.save(h.cpu(), f); h = torch.load(f, mmap=True); f.unlink()   # the mapping keeps the unlinked file's pages
-        return h
-    def keep(self, out):
-        "`out` (a block's output, or the `(args, kwargs)` of its call) with its hidden states as the cache keeps them"
-        return self._swap(out, self._keep)
-    def back(self, out):
-        "`out` with its hidden states in the dtype and on the device they were computed in"
-        return self._swap(out, lambda h: h.to(self.src[1], self.src[0]))
-
 def _mmap_large():
     "Have glibc's `malloc` give every block over 64 KiB its own pages, returned to the system when freed (its default raises that threshold to the largest block freed, after which a layer's memory stays in its heap: a few MiB more resident per layer)"
     try: ctypes.CDLL(None).mallopt(-3, 1 << 16)   # M_MMAP_THRESHOLD
@@ -294,7 +259,7 @@ def _stream(self:FC_Decomposer,
         self._choose_ranks(model, todo, spectra)
         todo = [r for r in todo if r.rank]
     elif self.energy_threshold is None: self._choose_ranks(model, todo, {})
-    if self.uses_data: model = self._stream_data(model, store, todo, data, device, disk)
+    if self.uses_data: model = (self._stream_sequential if self.sequential else self._stream_data)(model, store, todo, data, device, disk)
     else:
         for r in self._bar(todo):
             store.load(r.name)
@@ -303,6 +268,15 @@ def _stream(self:FC_Decomposer,
     self.ranks = {r.name:r.rank for r in rows if r.rank is not None}
     self.report = self._report(rows, n_params)
     return model
+
+def _check_alike(model, store, blocks:list, batch:tuple):
+    "Raise `NotStreamable` unless the blocks of `model` are called alike: each one's inputs the last one's outputs (checked on `batch` with the first two blocks loaded)"
+    with store.outside(blocks):
+        for b in blocks[:2]: store.load(b)
+        alike = _passes_on(model, blocks, batch)
+        for b in blocks[:2]: store.drop(b)
+    if not alike: raise NotStreamable(f"the blocks of {type(model).__name__} are not called alike (each one's inputs are not "
+                                      "the last one's outputs): calibrate the loaded model instead")
 
 @patch
 def _stream_data(self:FC_Decomposer, model, store, todo, data, device, disk:Path|None=None)->nn.Module:
@@ -318,15 +292,11 @@ def _stream_data(self:FC_Decomposer, model, store, todo, data, device, disk:Path
         model.eval()
         with torch.no_grad():
             if blocks:
+                _check_alike(model, store, blocks, batches[0])
                 with store.outside(blocks):   # the embeddings, to reach the first block
-                    for b in blocks[:2]: store.load(b)
-                    alike = _passes_on(model, blocks, batches[0])
-                    if len(blocks) > 1: store.drop(blocks[1])
-                    if not alike: raise NotStreamable(f"the blocks of {type(model).__name__} are not called alike (each one's inputs are not "
-                                                      "the last one's outputs): calibrate the loaded model instead")
                     xs = [cache.keep(x) for x in catch_inputs(model, model.get_submodule(blocks[0]), batches)]
-                for i,b in enumerate(self._bar(todo, blocks)):
-                    if i: store.load(b)
+                for b in self._bar(todo, blocks):
+                    store.load(b)
                     blk,rs = model.get_submodule(b),inner[b]
                     def run(j): a,kw = cache.back(xs[j]); return blk(*a, **kw)
                     stats = stream_stats(layers(rs), run, keeps) if rs else {}
@@ -342,6 +312,26 @@ def _stream_data(self:FC_Decomposer, model, store, todo, data, device, disk:Path
                     for r in outer: model = self._one(model, r, stats.pop(r.name)); store.save(r.name)
     finally:
         for m,t in modes.items(): m.training = t
+    return model
+
+@patch
+def _stream_sequential(self:FC_Decomposer, model, store, todo, data, device, disk:Path|None=None)->nn.Module:
+    "The layers of `todo` decomposed block by block, each calibrated on its inputs in the model decomposed so far ([sequential](sequential.html)), a block loaded at a time; those outside the blocks last"
+    blocks = find_blocks(model, [r.name for r in todo])
+    if not blocks: raise NotStreamable(f"no repeated blocks of {type(model).__name__} hold the layers: a sequential walk goes block by block")
+    todo = sorted(todo, key=lambda r: block_of(r.name, blocks) is None)   # (stable) the layers around the blocks come after them
+    nocache = {'use_cache': False} if 'use_cache' in inspect.signature(model.forward).parameters else {}
+    first = next(iter(calibration_batches(data, 1)), None)
+    if first is None: raise ValueError("the calibration data gave no batch")
+    a,kw = on_device(first, device)
+    _check_alike(model, store, blocks, (a, {**kw, **nocache}))
+    by = {r.name:r for r in todo}
+    def replace(model, names, stats):
+        for n in names: model = self._one(model, by[n], stats.pop(n))
+        return model
+    show = self.progress if self.progress is not None else len(todo) > 24
+    model,self.refined = sequential_walk(model, model, list(by), data, replace, paired=self.method == 'whiten', n_batches=self.n_batches,
+                                         cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine, store=store, device=device, disk=disk)
     return model
 
 # %% ../../nbs/misc/streaming.ipynb #49eee9b1
