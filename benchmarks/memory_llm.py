@@ -10,7 +10,8 @@ once the child has exited (`ru_maxrss` of `wait4`), which adds the interpreter's
 the command imports (`import torch`, then the command's modules and the Llama class, building the model on the meta
 device from `config.json`). On the 1.1B checkpoint whiten calibrates the first two blocks' layers (`--layers`): the
 walk still loads and runs every block, a block at a time, and each calibrated block costs the same, so the peak is the
-same as with every layer, in a tenth of the time. The in-memory row loads the whole model, as `fasterai-fc` did before it streamed. This
+same as with every layer, in a tenth of the time. Sequential calibration holds two streams of activations and a block's recorded outputs where whiten holds one stream.
+The in-memory row loads the whole model, as `fasterai-fc` did before it streamed. This
 process imports nothing heavy (a child writes the checkpoint): a child's peak counts what it had when it was forked.
 
     python benchmarks/memory_llm.py --dir DIR               # svd and whiten on the 1.1B checkpoint (about an hour on 2 shared cores)
@@ -76,7 +77,9 @@ def main(d:Path, quick=False, in_memory=False):
             ("the command's imports, model on the meta device", IMPORTS, [ckpt], 0),
             ('svd, streamed a layer at a time', COMMAND, ['decompose', ckpt, d/'out'], 7*L + 1),
             ('whiten, streamed a block at a time' + ('' if quick else ' (layers of blocks 0-1)'), COMMAND,
-             ['decompose', ckpt, d/'out', '--method', 'whiten', '--calib', calib, *few], 7*L + 1 if quick else 14)]
+             ['decompose', ckpt, d/'out', '--method', 'whiten', '--calib', calib, *few], 7*L + 1 if quick else 14),
+            ('whiten sequential, streamed a block at a time' + ('' if quick else ' (layers of blocks 0-1)'), COMMAND,
+             ['decompose', ckpt, d/'out', '--method', 'whiten', '--sequential', '--calib', calib, *few], 7*L + 1 if quick else 14)]
     if in_memory: runs.append(('svd, whole model in memory', IN_MEMORY, [ckpt, d/'out'], 7*L + 1))
     print(f"## Peak memory of `fasterai-fc decompose` ({'Llama 2 x 512, 14M' if quick else 'Llama 22 x 2048, TinyLlama shape, 1.1B'} "
           f"parameters, bfloat16: {size:.0f} MiB in {n} shards)\n")
