@@ -80,7 +80,7 @@ def trim_heap():
 def product_into(w:Tensor, # Contiguous `m` x `n` matrix alone in its memory, which is reused: `w` must not be used after
                  left:Tensor|None=None, # `k` x `m`, for `left @ w`
                  right:Tensor|None=None, # `n` x `k`, for `w @ right` (when `left` is not given)
-                 chunk:int=1024, # Columns (for `left`) or rows (for `right`) of `w` read at a time
+                 chunk:int=512, # Columns (for `left`) or rows (for `right`) of `w` read at a time
                 )->Tensor:
     "`left @ w` or `w @ right`, written over `w`'s own memory, which then shrinks to the result's size; a `w` in lower precision than the other factor is converted a chunk at a time, and the result rounded to `w`'s dtype"
     (m,n),flat = w.shape,w.detach().view(-1)
@@ -157,8 +157,11 @@ class LowRankSVD:
         elif self.wide: a,b = None,self.q[:, -k:].to(self.w.device, dt).flip(1)
         else:
             dz = torch.promote_types(self.z.dtype, torch.float32)
-            qk,sk = self.q[:, -k:].flip(1).to(self.z.device, dz),self.s[:k].to(self.z.device, dz)
-            a,b = sk[:,None]*qk.T,(product_into(self.z, right=qk/sk) if into else (self.z.to(dz) @ qk)/sk)
+            qk,sk = self.q[:, -k:].to(self.z.device, dz),self.s[:k].to(self.z.device, dz)
+            if into: self.q = None   # used up: its memory goes back before the product's
+            qk = qk.flip(1)
+            a = sk[:,None]*qk.T
+            b = product_into(self.z, right=qk.div_(sk)) if into else (self.z.to(dz) @ qk)/sk
         b = (b if into else b.to(dt)).contiguous()   # LAPACK's eigenvectors are column-major; a factor in `w`'s memory keeps its dtype
         if a is None or self.z is not self.w: a = product_into(self.w, left=b.T) if into else b.T @ self.w.to(dt)
         if into: self.z = self.w = None   # their memory now holds a factor
