@@ -48,8 +48,7 @@ class LayerStats:
     def cov(self)->Tensor:
         "Centred covariance of the pre-bias outputs (`m` x `m`) when `outputs`, else of the inputs (`n` x `n`)"
         mu = self.sum_v/self.rows
-        c = self.gram/self.rows - torch.outer(mu, mu)
-        return (c + c.T)/2
+        return fill_lower(torch.addr(self.gram, mu, mu, beta=1/self.rows if self.rows else math.nan, alpha=-1))   # one new matrix; its triangles agree to rounding: the upper one is kept
 
 # %% ../../nbs/misc/calibration.ipynb #9e0eedac
 def ridge(stats:LayerStats, # Calibration statistics of the layer
@@ -104,16 +103,21 @@ def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
     sq = None if r is None else r[0].to(w.device)   # G^½
     ws = w if sq is None else sq @ w.double()
     if stats.outputs:
-        g = stats.cov + d*gram(w)   # upper triangles: all `LowRankSVD` reads
+        g = stats.cov.add_(gram(w), alpha=d)   # upper triangles: all `LowRankSVD` reads
         lr = LowRankSVD(None, ws, g=g if sq is None else sq @ fill_lower(g) @ sq)
-    else:
-        lam,q = torch.linalg.eigh(stats.cov + d*torch.eye(stats.n, dtype=torch.float64, device=w.device))
-        lr = LowRankSVD(ws.double() @ (q*lam.clamp_min(0).sqrt()), ws)
+    else:   # in place where it can: a layer of width n needs a few n x n float64 matrices, not ten
+        c = stats.cov; c.diagonal().add_(d)
+        lam,q = eigh_upper(c)
+        l,z = q.mul_(lam.clamp_min(0).sqrt()),torch.empty(ws.shape, dtype=torch.float64, device=w.device)
+        for i in range(0, len(ws), 512): torch.mm(ws[i:i+512].double(), l, out=z[i:i+512])   # W L, without a float64 copy of W
+        lr = LowRankSVD(z, ws)
     return Weighed(lr, r)
 
 
 
 # %% ../../nbs/misc/calibration.ipynb #cdff4fab
+def _rows(w:Tensor, n:int=512): return (r.double() for r in w.detach().split(n))   # `w` in float64, `n` rows at a time
+
 def output_error(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output basis `U_k`, or `G^-½ U_k` when weighed
                  w:Tensor, # Weight of the layer, `m` x `n`
                  stats:LayerStats, # Its calibration statistics
@@ -121,10 +125,12 @@ def output_error(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output ba
                  v:Tensor|None=None, # `G^½ U_k` when weighed (`Weighed.dual`), so that `W' = u vᵀ W`; `None`: `u`
                 )->float:
     "Output error of `W' = u @ v.T @ w` on the calibration data, relative to the outputs' spread: ‖Y' − Y‖_F / ‖Y − Ȳ‖_F"
-    u,w,c = u.double(),w.detach().double(),stats.cov
+    u,c = u.double(),stats.cov
     v = u if v is None else v.double()
-    cv = c @ v if stats.outputs else w @ (c @ (w.T @ v))   # C_y v
-    total = float(c.trace() if stats.outputs else (w @ c * w).sum())
+    if stats.outputs: cv,total = c @ v,float(c.trace())   # C_y v, tr C_y
+    else:   # C_y = W C Wᵀ, with W read a few rows at a time: never a float64 copy of it
+        cwv = c @ sum(r.T @ vr for r,vr in zip(_rows(w), v.split(512)))
+        cv,total = torch.cat([r @ cwv for r in _rows(w)]),sum(float((r @ c * r).sum()) for r in _rows(w))
     err = total - 2*float((u * cv).sum()) + float(((u.T @ u) * (v.T @ cv)).sum())   # tr((I − P) C_y (I − P)ᵀ), P = u vᵀ
     if not corrected: err += float(mean_correction(u, w, stats, v).square().sum())
     return math.sqrt(max(err, 0)/total) if total > 0 else 0.0
@@ -138,7 +144,7 @@ def mean_correction(u:Tensor, # The factor `b`, `m` x `k`: an orthonormal output
                     v:Tensor|None=None, # `G^½ U_k` when weighed (`Weighed.dual`), so that `W' = u vᵀ W`; `None`: `u`
                    )->Tensor:
     "What to add to the bias so that `W' = u @ v.T @ w` keeps the layer's mean output on the calibration data: `(I − P) W μ`"
-    ybar,u = w.detach().double() @ stats.mean,u.double()
+    ybar,u = torch.cat([r @ stats.mean for r in _rows(w)]),u.double()
     return ybar - u @ ((u if v is None else v.double()).T @ ybar)
 
 

@@ -11,6 +11,7 @@ import torch
 from fastcore.basics import patch
 from torch import nn, Tensor
 from .calibration import calibration_batches, on_device, padding_mask
+from .fast_svd import trim_heap
 from .fc_decomposer import FC_Decomposer, LayerPlan, OptionError, _factorisable, _held, record_ranks, whole_model
 from .huggingface import _as_base, _config, _model_class, _ranks, params_on_meta
 from .sequential import _Cache, _passes_on, _replaying, advance, block_of, catch_inputs, find_blocks, sequential_walk, stream_stats
@@ -187,10 +188,11 @@ class _FromCheckpoint:
                 if b is not None and k in self.ckpt and a not in m._non_persistent_buffers_set: m._buffers[a] = self.ckpt.read(k).to(self.device)
 
     def drop(self, prefix:str, skip=()):
-        "Let go of the weights of the module `prefix` (but those under `skip`)"
+        "Let go of the weights of the module `prefix` (but those under `skip`), their memory handed back to the system"
         for n,m in _under(self.model, prefix, skip):
             for p in list(m._parameters.values()):
                 if p is not None and not p.is_meta: _meta(self.model, p)
+        trim_heap()   # some of it came from the C heap despite the mmap threshold (a pass's worker threads): hundreds of MiB otherwise kept
 
     def save(self, prefix:str):
         "Write the tensors of the module `prefix`, as they are now, and let go of them"
