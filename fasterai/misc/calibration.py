@@ -359,8 +359,7 @@ class PairStats:
         "Covariance of the source, `d` x `d`: computed once for the layers that share it (not to be modified)"
         src = self.source.flush()
         if src._cov is None:
-            c = src.ss/src.rows - torch.outer(src.sum_s, src.sum_s)/src.rows**2
-            src._cov = c.triu() + c.triu(1).T   # `ss` holds the upper triangle
+            src._cov = fill_lower(torch.addr(src.ss, src.sum_s, src.sum_s, beta=1/src.rows, alpha=-1/src.rows**2))   # one new matrix: `ss` holds the upper triangle
         return src._cov
 
     def whiten(self, a:Tensor, # `m` x `d`
@@ -370,8 +369,9 @@ class PairStats:
         src,c = self.source,self.cov_s
         if src._root is None or src._root[0] != d:
             c = c.clone(); c.diagonal().add_(d)   # C_ss + δI
-            l,info = torch.linalg.cholesky_ex(c)
+            l,info = torch.linalg.cholesky_ex(c, out=(c, torch.empty((), dtype=torch.int32, device=c.device)))   # L written over it: one d x d matrix
             if info:   # rounding left it indefinite: the eigendecomposition, its eigenvalues clamped at δ
+                c = self.cov_s.clone(); c.diagonal().add_(d)
                 lam,q = eigh_upper(c)
                 l = (q/lam.clamp_min(d).sqrt()).to(c.device)   # here L⁻ᵀ itself
             src._root = d,l,not info
