@@ -353,7 +353,7 @@ def sequential_walk(orig:nn.Module, # The original model (never modified)
                     r = refine([p for n in ns for p in res.get_submodule(n).parameters()], err, len(batches), refine_epochs)
                     refined[b] = r
                     new = step(run, streams[1])
-                last = _with_first(outs[0], None)
+                if one: last = _with_first(outs[0], None)   # what a block returns, for the replayed passes after the blocks
                 streams,at = [[cache.keep(advance(o, out)) for o,out in zip(streams[0], outs)],new],i+1
                 if one: store.save(b)
                 del ys,outs; trim_heap()   # what the block left free goes back to the OS
