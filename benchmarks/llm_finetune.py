@@ -23,6 +23,7 @@ sooner).
     python benchmarks/llm_finetune.py --steps 126 --save benchmarks/results/llm_finetune.json --runs 0:all 0.2:factors 0.4:factors
                                                       # the benchmarks page's runs: a fixed number of steps
     python benchmarks/llm_finetune.py --table --save results/llm_finetune.json --plot results/llm_finetune.png   # its table and plot
+    python benchmarks/llm_finetune.py --steps 40 --runs 0.2:factors --lr factors=3e-4 --save other.json   # another learning rate
     python benchmarks/llm_finetune.py --quick    # a tiny Llama trained in seconds: what CI runs
 """
 import argparse, copy, hashlib, json, math, os, pathlib, statistics, subprocess, sys, time, zipfile
@@ -182,9 +183,10 @@ def table(res):
                     f"{o['ppl'][0]:.2f} | {o['ppl'][-1]:.2f} | {f'{x:.2f}x' if x else ''} | {t} |")
     return '\n'.join(rows) + '\n'
 
-def main(quick=False, save=None, runs=None, steps=None, plot_to=None):
+def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None):
     import transformers; transformers.utils.logging.disable_progress_bar()
     cfg = QUICK if quick else FULL
+    cfg = dict(cfg, lr={**cfg['lr'], **(lr or {})})
     torch.set_num_threads(cfg['threads']); torch.manual_seed(0)
     model,train_ids,eval_ids,name = data(quick)
     seq = cfg['seq']
@@ -238,10 +240,11 @@ if __name__ == '__main__':
     ap.add_argument('--runs', nargs='*', help="runs as 'cut:mode', cut 0 for the original, mode factors, distil (factors, towards the original), all or lora (default: all of them)")
     ap.add_argument('--steps', type=int, help='optimizer steps of each run (default: 15 minutes of the reference, timed first)')
     ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
+    ap.add_argument('--lr', nargs='*', default=[], help="learning rates as 'mode=rate', over the defaults (e.g. factors=3e-4)")
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
     if a.table:
         res = json.loads(pathlib.Path(a.save).read_text())
         print(table(res), end='')
         if a.plot: plot(res, a.plot)
-    else: main(a.quick, a.save, a.runs, a.steps, a.plot)
+    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)})
