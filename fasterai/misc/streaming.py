@@ -369,6 +369,7 @@ def decompose_checkpoint(self:FC_Decomposer,
     if dst.exists(): raise ValueError(f"{dst}: exists: write the decomposed checkpoint to a new directory")
     if not dst.parent.is_dir(): raise ValueError(f"{dst.parent}: no such directory")
     if not (src/'config.json').is_file(): raise ValueError(f"{src}: no config.json in it: not a save_pretrained directory")
+    if disk_cache and not self.uses_data: raise ValueError(f"disk_cache keeps calibration activations, which method={self.method!r} does not use")
     model,ckpt = skeleton(src, cls),Checkpoint(src)
     lin = {f'{n}.weight' for n in named_linears(model).values()}
     room = 64 + sum((3 if k in lin else 1)*(len(json.dumps(k)) + 160) for k in model.state_dict())   # a pair's three tensors where a layer's was
