@@ -60,10 +60,10 @@ def ridge(stats:LayerStats, # Calibration statistics of the layer
 
 # %% ../../nbs/misc/calibration.ipynb #f795125e
 class Weighed:
-    "A factorisation `lr` of matrices scaled by `G^½` on the left, mapped back: its rank-`k` factors `(a, G^-½ U_k)` give the map that is best of its rank in the norm `‖G^½ ·‖` (`r` `None`: `lr`'s own)"
+    "A factorisation `lr` of matrices scaled by `R` on the left (`RᵀR = G`), mapped back: its rank-`k` factors `(a, R⁻¹U_k)` give the map that is best of its rank in the norm `‖R ·‖` (`r` `None`: `lr`'s own)"
     def __init__(self,
-        lr:LowRankSVD, # Factorisation of the scaled matrices (`G^½ W L` for its basis, `G^½ W` factorised)
-        r:tuple[Tensor, Tensor]|None, # `(G^½, G^-½)`, as `output_scale` gives them; `None`: unweighted
+        lr:LowRankSVD, # Factorisation of the scaled matrices (`R W L` for its basis, `R W` factorised)
+        r:Tensor|None, # `R`, upper triangular, as `output_scale` gives it; `None`: unweighted
     ): self.lr,self.r,self.s = lr,r,lr.s
 
     def keep(self, k:int, # Largest rank `factors` will be asked for
@@ -74,17 +74,17 @@ class Weighed:
     def factors(self, k:int, # Rank kept
                 overwrite:bool=False, # Unused: the factors are new tensors
                )->tuple[Tensor, Tensor]:
-        "Rank-`k` factors `(a, b)`: `a = U_kᵀ G^½ W`, `b = G^-½ U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
+        "Rank-`k` factors `(a, b)`: `a = U_kᵀ R W`, `b = R⁻¹U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
         a,u = self.lr.factors(k)
-        return a,(u if self.r is None else self.r[1].to(u) @ u)
+        return a,(u if self.r is None else torch.linalg.solve_triangular(self.r.to(u), u, upper=True))
     def scale(self, t:Tensor, # `m` x anything
              )->Tensor:
-        "`G^½ t`: `t` itself when unweighted"
-        return t if self.r is None else self.r[0].to(t) @ t
-    def dual(self, b:Tensor, # The factor `b = G^-½ U_k`, `m` x `k`
+        "`R t`: `t` itself when unweighted"
+        return t if self.r is None else self.r.to(t) @ t
+    def dual(self, b:Tensor, # The factor `b = R⁻¹U_k`, `m` x `k`
             )->Tensor:
-        "`v = G^½ U_k`: the truncation is the oblique projection `W' = b vᵀ W`"
-        return self.scale(self.scale(b))
+        "`v = RᵀU_k = G b`: the truncation is the oblique projection `W' = b vᵀ W`"
+        return b if self.r is None else self.r.T.to(b) @ (self.r.to(b) @ b)
 
 
 
@@ -100,11 +100,11 @@ def data_svd(w:Tensor, # Weight of the layer, `m` x `n`
         if g is not None: raise ValueError("an output curvature G weighs whitening's truncation: use method='whiten', not 'asvd'")
         return Weighed(LowRankSVD(w*stats.rms.to(w.dtype), w), None)
     d,r = ridge(stats),None if g is None else output_scale(g, stats.m)
-    sq = None if r is None else r[0].to(w.device)   # G^½
-    ws = w if sq is None else sq @ w.double()
+    if r is not None: r = r.to(w.device)
+    ws = w if r is None else r @ w.double()   # R W
     if stats.outputs:
         g = stats.cov.add_(gram(w), alpha=d)   # upper triangles: all `LowRankSVD` reads
-        lr = LowRankSVD(None, ws, g=g if sq is None else sq @ fill_lower(g) @ sq)
+        lr = LowRankSVD(None, ws, g=g if r is None else r @ fill_lower(g) @ r.T)
     else:   # in place where it can: a layer of width n needs a few n x n float64 matrices, not ten
         c = stats.cov; c.diagonal().add_(d)
         lam,q = eigh_upper(c)
@@ -384,8 +384,8 @@ class PairStats:
 def output_scale(g:Tensor|None, # What errors in the outputs cost: the curvature `G`, `m` x `m` (symmetric, positive semi-definite), or a vector of `m` weights (a diagonal `G`), or `None`
                  m:int, # Output features of the layer
                  floor:float=1e-3, # Ridge added to `G` over its mean diagonal: the least weight of any direction
-                )->tuple[Tensor, Tensor]|None:
-    "`(G^½, G^-½)` (float64, `m` x `m`) of `G` over its mean diagonal plus `floor`·I; `None` when `g` is `None` or zero (all outputs alike)"
+                )->Tensor|None:
+    "`R`, upper triangular (float64, `m` x `m`), with `RᵀR` = `G` over its mean diagonal plus `floor`·I; `None` when `g` is `None` or zero (all outputs alike)"
     if g is None: return None
     shape,g = tuple(g.shape),g.detach().double().cpu()
     if g.dim() == 1: g = torch.diag(g)
@@ -394,10 +394,12 @@ def output_scale(g:Tensor|None, # What errors in the outputs cost: the curvature
     scale = float(g.diagonal().mean())
     if not torch.allclose(g, g.T, rtol=1e-6, atol=1e-9*abs(scale)): raise ValueError("the output curvature G must be symmetric")
     if scale == 0 and not bool(g.any()): return None
-    lam,q = torch.linalg.eigh(g/scale if scale > 0 else g)
-    if scale <= 0 or float(lam[0]) < -1e-6*float(lam[-1]): raise ValueError(f"the output curvature G must be positive semi-definite (least eigenvalue {float(lam[0]):.3g} of G over its mean diagonal)")
-    lam = lam.clamp_min(0) + floor
-    return (q*lam.sqrt()) @ q.T,(q/lam.sqrt()) @ q.T
+    if scale > 0:
+        g = g/scale; g.diagonal().add_(floor)
+        r,info = torch.linalg.cholesky_ex(g, upper=True)
+        if not info: return r
+        g.diagonal().sub_(floor)
+    raise ValueError(f"the output curvature G must be positive semi-definite (least eigenvalue {float(torch.linalg.eigvalsh(g)[0]):.3g} of G over its mean diagonal)")
 
 # %% ../../nbs/misc/calibration.ipynb #b6e8212c
 class CorrectedSVD(Weighed):
@@ -409,20 +411,22 @@ class CorrectedSVD(Weighed):
         g:Tensor|None=None, # What errors in the outputs cost: the curvature `G`, `m` x `m` (`jacobian_sensitivity(full=True)`), or a vector (its diagonal); `None`: all the same
     ):
         st,self.c_ss,self.c_ys = stats,stats.cov_s,stats.cov_ys
-        self.r = output_scale(g, st.m)   # (G^½, G^-½): the truncation is the best in the norm ‖G^½(Y − W'S)‖
-        if self.r is not None: self.r = tuple(t.to(self.c_ss) for t in self.r)
+        self.r = output_scale(g, st.m)   # RᵀR = G: the truncation is the best in the norm ‖R(Y − W'S)‖
+        if self.r is not None: self.r = self.r.to(self.c_ss)
         damp = max(len(self.c_ss)/(2*st.rows), 1e-6) if damp is None else damp
         d = damp*float(self.c_ss.diagonal().clamp_min(0).mean()) or damp
         w = w.detach().to(self.c_ss)
         if st.outputs: a = self.c_ys.clone(); a.diagonal().add_(d)   # C_ys + δP: the ridge pulls the map towards the layer as it was
         else: a = self.c_ys.add(w, alpha=d)
         z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
-        super().__init__(LowRankSVD(self.scale(z), self.scale(self.m_star @ w if st.outputs else self.m_star)), self.r)
-        self.stats = st
+        self.rm = self.scale(self.m_star)   # R M*, which every `a` is made from
+        super().__init__(LowRankSVD(self.scale(z), self.scale(self.m_star @ w) if st.outputs else self.rm), self.r)
+        self.stats,self._last = st,None
 
     def _map(self, b:Tensor)->Tensor:
-        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ G^½ M*`"
-        return self.scale(b.double()).T @ self.scale(self.m_star)
+        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ R M*` (kept for the last `b`: `bias_shift` and `error` both ask)"
+        if self._last is None or self._last[0] is not b: self._last = b,self.scale(b.double()).T @ self.rm
+        return self._last[1]
 
     def bias_shift(self, b:Tensor, # The factor `b`, `m` x `k`
                   )->Tensor:

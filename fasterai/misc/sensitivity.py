@@ -48,8 +48,10 @@ def _projection(out, # What a model returned
     if not (isinstance(out, dict) and isinstance(out.get('logits'), Tensor) and out['logits'] is f):
         return f,torch.randn(f.shape, generator=g).to(f)
     p = f.detach().float().softmax(-1).reshape(-1, f.shape[-1])
-    y = torch.multinomial(p.cpu(), 1, generator=g).to(p.device)
-    return f,(torch.zeros_like(p).scatter_(1, y, 1.) - p).reshape(f.shape).to(f)
+    c = p.cumsum(-1)   # y by the inverse of its distribution function: a fraction of `multinomial`'s time on a large vocabulary
+    y = torch.searchsorted(c, torch.rand(len(p), 1, generator=g).to(c)*c[:, -1:]).clamp_max_(p.shape[-1]-1)
+    del c
+    return f,p.neg_().scatter_add_(1, y, torch.ones(y.shape).to(p)).reshape(f.shape).to(f)
 
 def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                          layers:dict, # `{name: layer}` of `model`
@@ -76,12 +78,13 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
                 f,r = _projection(model(*args, **kwargs), _draws(seed, j))
                 if keep is not None and f.shape[:-1] == keep.shape: r = r*keep[..., None]   # padded outputs are nobody's: they cost nothing
                 ms = [m for m in names if m in outs]
-                ys = [y for m in ms for y in outs[m]]
-                grads = torch.autograd.grad((f*r).sum(), ys, allow_unused=True)
-            it = iter(grads)
-            for m in ms:
-                for y in outs[m]:
-                    gr = next(it)
+                counts,ys = [len(outs[m]) for m in ms],[y for m in ms for y in outs[m]]
+                outs.clear()
+                grads = list(torch.autograd.grad(f.flatten() @ r.flatten(), ys, allow_unused=True))
+            del f,r,ys   # the batch's graph, outputs and projection go before the sums grow; each gradient once summed
+            for m,c in zip(ms, counts):
+                for _ in range(c):
+                    gr = grads.pop(0)
                     if gr is None: continue
                     gr = real_rows(gr, keep).reshape(-1, gr.shape[-1])
                     gr = gr.to(torch.promote_types(gr.dtype, torch.float32))   # products in float32 (or better), sums in float64
@@ -99,7 +102,7 @@ def jacobian_sensitivity(model:nn.Module, # Model (not modified)
         rows = dict(zip(names, all_values([rows.get(l, 0) for l in names])))
     res = {}
     for l,ns in names.items():
-        v = sums[l]/rows[l] if rows.get(l) else torch.zeros(*(len(linear_weight(l)),)*(1+full), dtype=torch.float64)   # a layer that never ran: 0
+        v = sums[l].div_(rows[l]) if rows.get(l) else torch.zeros(*(len(linear_weight(l)),)*(1+full), dtype=torch.float64)   # a layer that never ran: 0
         if full: fill_lower(v)   # `add_gram` summed the upper triangle
         if not bool(torch.isfinite(v).all()): raise ValueError(f"layer '{ns[0]}': the gradients of the model's output with respect to its output are not finite (NaN or Inf)")
         for n in ns: res[n] = v if full else float(v.mean())
