@@ -70,7 +70,7 @@ RECIPES = dict( # Named settings: the options each stands for
     speed=dict(param_ratio=0.6, method='whiten', faster_at=1),
     vision_head=dict(param_ratio=0.5, method='whiten'),
     sentence_encoder=dict(param_ratio=0.5, method='whiten', sequential=True, weigh_outputs=True),
-    causal_lm=dict(budget=0.8, method='whiten', sequential=True, weigh_outputs=True),
+    causal_lm=dict(param_ratio=0.8, method='whiten', sequential=True, weigh_outputs=True),
 )
 
 def resolve_options(recipe:str|None, # A name of `RECIPES`, or `None`
