@@ -421,12 +421,11 @@ class CorrectedSVD(Weighed):
         z,self.m_star = st.whiten(a, d)   # M*L and M* = (C_ys + δP)(C_ss + δI)^-1
         self.rm = self.scale(self.m_star)   # R M*, which every `a` is made from
         super().__init__(LowRankSVD(self.scale(z), self.scale(self.m_star @ w) if st.outputs else self.rm), self.r)
-        self.stats,self._last = st,None
+        self.stats = st
 
     def _map(self, b:Tensor)->Tensor:
-        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ R M*` (kept for the last `b`: `bias_shift` and `error` both ask)"
-        if self._last is None or self._last[0] is not b: self._last = b,self.scale(b.double()).T @ self.rm
-        return self._last[1]
+        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ R M*`"
+        return self.scale(b.double()).T @ self.rm
 
     def bias_shift(self, b:Tensor, # The factor `b`, `m` x `k`
                   )->Tensor:
