@@ -10,8 +10,8 @@ out; calibration windows are drawn from the others, half code and half English, 
 windows of the held-out files, half of each.
 
 Every method decomposes the 210 Linears of the decoder layers (the embeddings and the tied LM head are left alone) at
-the same parameter count: `param_ratio` cuts each layer's parameters by the fraction (the `causal_lm` recipe too), a
-`budget` spends the same total where its sensitivity says, possibly keeping some layers whole. Each decomposition runs in a child process: its time, and its peak memory as the rise of
+the same parameter count: `param_ratio` cuts each layer's parameters by the fraction, a `budget` (the `causal_lm`
+recipe's policy) spends the same total where its sensitivity says, possibly keeping some layers whole. Each decomposition runs in a child process: its time, and its peak memory as the rise of
 the child's resident set (`VmHWM` over `VmRSS` once the model and the data are loaded; Linux).
 
     python benchmarks/llm.py                   # every method at 20/40/60% (hours on 2 cores)
@@ -121,8 +121,8 @@ METHODS = { # name: FC_Decomposer options at a cut `c` (a fraction of the decomp
     'whiten sequential': lambda c: dict(param_ratio=1-c, method='whiten', sequential=True),
     'budget': lambda c: dict(budget=1-c, method='whiten'),
     'budget sequential': lambda c: dict(budget=1-c, method='whiten', sequential=True),
-    'causal_lm': lambda c: dict(param_ratio=1-c, recipe='causal_lm'),   # sequential whitening, the outputs weighed
-    'causal_lm, budget': lambda c: dict(budget=1-c, recipe='causal_lm'),
+    'causal_lm': lambda c: dict(budget=1-c, recipe='causal_lm'),   # sequential whitening, the outputs weighed, a budget spent by sensitivity
+    'causal_lm, param_ratio': lambda c: dict(param_ratio=1-c, recipe='causal_lm'),   # the same, every layer cut alike
     'whiten sequential + refine': lambda c: dict(param_ratio=1-c, method='whiten', sequential=True, refine=4),   # trains: for reference
 }
 QUICK_METHODS = ['svd', 'whiten', 'whiten sequential', 'causal_lm']

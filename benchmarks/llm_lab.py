@@ -3,9 +3,11 @@ re-implemented on the input statistics of one pass (a few lines, so that variant
 decoder's Linears: each layer type, each third of the depth, attention or MLP alone. `benchmarks/llm.py` gives the
 model, the data and the perplexity.
 
-Then a few allocations by layer type under the same total (`by_type`).
+Then a few allocations by layer type under the same total (`by_type`), and what a budget's check would see if it
+compared walked models on the calibration data they were fitted to (`walked_check`).
 
-    python benchmarks/llm_lab.py    # writes llm_where.json (an hour on the shared 2 cores)
+    python benchmarks/llm_lab.py            # writes llm_where.json (an hour on the shared 2 cores)
+    python benchmarks/llm_lab.py --check    # walked_check only (ten minutes)
 """
 import math, time, pathlib, json, sys
 import torch
@@ -138,7 +140,24 @@ def by_type(lab, G, cut, attn:dict)->tuple[float, float]:
     fits = {n:whiten_fit(w, *G[n][:2], ks[n.rsplit('.', 1)[1]]) for n,w in lab.W.items() if ks[n.rsplit('.', 1)[1]] is not None}
     return mc,lab.ppl(fits)
 
+def walked_check(cut=0.2, log=print)->dict:
+    """The `causal_lm` recipe walked at even ranks (`param_ratio`) and with a budget's allocation (kept by its check):
+    each model's KL divergence from the original per token, on the calibration data the walk fitted and on held-out text"""
+    from fasterai.misc.all import FC_Decomposer, output_distortion
+    torch.manual_seed(0)
+    model,tok = llm.load()
+    calib,test = llm.data(tok, 256, 16, 32)
+    res = {}
+    for name,opts in (('even', dict(param_ratio=1-cut)), ('allocation', dict(budget=1-cut))):
+        fc = FC_Decomposer(recipe='causal_lm', layers=['model.layers.*'], progress=False, **opts)
+        new = fc.decompose(model, calib)
+        res[name] = dict(calibration=output_distortion(new, model, calib), held_out=output_distortion(new, model, [dict(input_ids=x) for x in test.split(8)]),
+                         perplexity=llm.perplexity(new, test), check=fc.check)
+        log(f"{name} at {cut:.0%}: {res[name]}")
+    return res
+
 if __name__ == '__main__':
+    if '--check' in sys.argv: walked_check(); sys.exit()
     torch.set_num_threads(1)
     lab = Lab(n_calib=16, n_eval=16)
     res = where(lab)

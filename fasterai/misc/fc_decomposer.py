@@ -70,7 +70,7 @@ RECIPES = dict( # Named settings: the options each stands for
     speed=dict(param_ratio=0.6, method='whiten', faster_at=1),
     vision_head=dict(param_ratio=0.5, method='whiten'),
     sentence_encoder=dict(param_ratio=0.5, method='whiten', sequential=True, weigh_outputs=True),
-    causal_lm=dict(param_ratio=0.8, method='whiten', sequential=True, weigh_outputs=True),
+    causal_lm=dict(budget=0.8, method='whiten', sequential=True, weigh_outputs=True),
 )
 
 def resolve_options(recipe:str|None, # A name of `RECIPES`, or `None`
@@ -393,7 +393,6 @@ def _sequential(self:FC_Decomposer,
     res:nn.Module, # The model being decomposed, in place
     rows:list[LayerPlan], # Plans of the layers to decompose, in the order the model runs them
     data, # Calibration data
-    refine:int|None=None, # Epochs of block refinement (`None`: `refine`'s)
 )->nn.Module:
     "Decompose the layers of `rows` in `res` block by block ([sequential calibration](sequential.html)), each on its inputs in the model decomposed so far"
     by_name = {r.name:r for r in rows}
@@ -402,7 +401,7 @@ def _sequential(self:FC_Decomposer,
         return res
     show = self.progress if self.progress is not None else len(rows) > 24
     res,self.refined = sequential_walk(orig, res, list(by_name), data, replace, paired=self.method == 'whiten', n_batches=self.n_batches,
-                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine if refine is None else refine, distributed=self.distributed)
+                                       cache_dtype=self.cache_dtype, show=show, refine_epochs=self.refine, distributed=self.distributed)
     return res
 
 @patch
@@ -411,27 +410,28 @@ def _checked(self:FC_Decomposer,
     res:nn.Module, # The model being decomposed, in place
     rows:list[LayerPlan], # Plans of the layers the budget covers (in the order the model runs them, for `sequential`), with the allocation's ranks (`None`: kept whole)
     data, # Calibration data
-    build, # `build(res, rows, refine)` decomposes the layers of `rows` in `res` at their ranks (`refine`: epochs of block refinement); returns the root
+    build, # `build(res, rows)` decomposes the layers of `rows` in `res` at their ranks, each from its factorisation on the original model; returns the root
+    walk=None, # `walk(res, rows)` decomposes them block by block with the ranks kept ([sequential calibration](sequential.html)); returns the root
 )->nn.Module:
-    "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters; keep the model whose output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)); with `refine`, refine the one kept"
+    "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters, each layer on its own; keep the ranks whose model's output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)), then `walk` with them"
     shapes = [(r.out_features, r.in_features, r.params_before) for r in rows]
     spent = sum(p if r.rank is None else factored_params(m, n, r.rank) for (m,n,p),r in zip(shapes, rows))
     for r in rows: r.lin = None   # the layers are read from `res`, and put back from `orig`
-    def make(res, ks, refine, fresh):
+    def make(res, ks, how, fresh):
         if fresh:   # the original layers back, sharing `orig`'s tensors where they are about to be replaced
             for r,k in zip(rows, ks):
                 lin = orig.get_submodule(r.name)
                 res = swap_module(res, res.get_submodule(r.name), copy.deepcopy(lin, {id(t):t for t in _held(lin)} if k else None))
         self.spectra,walked = {},[replace(r, rank=k, reason=r.reason if k is None else None) for r,k in zip(rows, ks)]
-        return build(res, [r for r in walked if r.rank], refine),walked
+        return how(res, [r for r in walked if r.rank]),walked
     runs = {}
     for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent))):
         if runs and ks == [r.rank for r in runs['allocation'][1]]: break   # the same ranks: the same model
-        res,walked = make(res, ks, 0, bool(runs))
+        res,walked = make(res, ks, build, bool(runs))
         runs[how] = (output_distortion(res, orig, data, self.n_batches, self.distributed), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
     self.check = {how:v[0] for how,v in runs.items()}
     _,walked,layers,self.spectra = runs[closest(self.check)]
-    if self.refine: res,walked = make(res, [r.rank for r in walked], self.refine, True)   # the ranks chosen in closed form
+    if walk: res,walked = make(res, [r.rank for r in walked], walk, True)
     else:
         for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
     for r,w in zip(rows, walked): vars(r).update(vars(w))
@@ -469,7 +469,8 @@ def decompose(self:FC_Decomposer,
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
     self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
-    later,factors,spectra = not self.sequential or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
+    checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
+    later,factors,spectra = not self.sequential or checked or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
     for r in (self._bar(todo) if self.spectral else []):
         f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
         spectra[r.name] = f.s   # weighed: of G^½WL, the norm the layer is truncated in
@@ -478,22 +479,21 @@ def decompose(self:FC_Decomposer,
     self._choose_ranks(model, todo, spectra)
     if self.distributed:   # rank 0's ranks: spectra that differ in their last bits (on unlike hardware) could pick others
         for r,(k,why) in zip(todo, from_rank0([(r.rank, r.reason) for r in todo])): r.rank,r.reason = k,why
-    checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
     if not checked: todo = [r for r in todo if r.rank]
-    factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors} if not self.sequential else {}
-    if self.sequential: stats.clear()   # the walk sums its own, a block at a time: these would be held to the end
+    factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors} if checked or not self.sequential else {}
     orig = copy.deepcopy(model) if self.inplace and (self.sequential or checked) else model   # the original stream runs on it, the check compares with it
     res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo if r.rank for t in _held(r.lin)})   # what is replaced is shared, not copied
     self.check = {}
-    if self.sequential:
-        todo = sorted(todo, key=lambda r: order.index(r.name) if r.name in order else len(order))
-        walk = lambda res, rows, refine=None: self._sequential(orig, res, rows, data, refine)
-        res = self._checked(orig, res, todo, data, walk) if checked else walk(res, todo)
-    elif checked:   # the factorisations serve both candidates
-        def build(res, rows, refine):
+    if self.sequential: todo = sorted(todo, key=lambda r: order.index(r.name) if r.name in order else len(order))
+    def walk(res, rows):
+        stats.clear(); factors.clear()   # the walk sums its own statistics, a block at a time
+        return self._sequential(orig, res, rows, data)
+    if checked:   # the factorisations serve both candidates; sequential, the walk follows with the ranks kept
+        def build(res, rows):
             for r in self._bar(rows): res = self._replace(res, r, factors[r.name], stats[r.name])
             return res
-        res = self._checked(orig, res, todo, data, build)
+        res = self._checked(orig, res, todo, data, build, walk if self.sequential else None)
+    elif self.sequential: res = walk(res, todo)
     else:
         for r in self._bar(todo): res = self._replace(res, r, factors.pop(r.name, None), stats.pop(r.name, None))
     self.ranks = {r.name:r.rank for r in rows if r.rank is not None}

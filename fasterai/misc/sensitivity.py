@@ -6,6 +6,7 @@
 from __future__ import annotations
 import numpy as np, torch
 from torch import nn, Tensor
+import torch.nn.functional as F
 from .calibration import add_gram, calibration_batches, mean_correction, on_device, padding_mask, real_rows
 from .distributed import all_sum, all_values, batch_offset
 from .fast_svd import fill_lower
@@ -27,12 +28,18 @@ def _batches(model, data, n_batches):
     p = next(model.parameters(), None)
     return [on_device(b, p.device if p is not None else None) for b in calibration_batches(data, n_batches)]
 
+def _logits(out)->bool:
+    "Whether the main output of `out` is the `logits` it names: a distribution's, as a classifier's or a language model's"
+    return isinstance(out, dict) and isinstance(out.get('logits'), Tensor) and out['logits'] is model_output(out)
+
 def _distortion(out, # What a model returned
                 ref:Tensor, # The reference main output
                 keep:Tensor|None, # The batch's attention mask, or `None`
                )->float:
-    "Squared distance of the main output of `out` from `ref`, summed over the real (unpadded) rows"
-    return float(real_rows(model_output(out) - ref, keep).double().square().sum())
+    "Distance of the main output of `out` from `ref`, summed over the real (unpadded) rows: the KL divergence of its distribution from `ref`'s when it is `logits`, else the squared distance"
+    f,r = real_rows(model_output(out), keep),real_rows(ref, keep)
+    if not _logits(out): return float((f - r).double().square().sum())
+    return float(F.kl_div(f.float().log_softmax(-1), r.float().log_softmax(-1), log_target=True, reduction='sum'))
 
 def _draws(seed:int, # Seed of the projections
            j:int, # The batch's place in the data (in every process's batches, in rank order, when distributed)
@@ -45,8 +52,7 @@ def _projection(out, # What a model returned
                )->tuple[Tensor, Tensor]:
     "The model's main output `f` and the random direction `r` its gradient is taken along: `e_y − p` for a sampled label `y ~ softmax(f)` when `out` has `logits` (the Fisher), else Gaussian"
     f = model_output(out)
-    if not (isinstance(out, dict) and isinstance(out.get('logits'), Tensor) and out['logits'] is f):
-        return f,torch.randn(f.shape, generator=g).to(f)
+    if not _logits(out): return f,torch.randn(f.shape, generator=g).to(f)
     p = f.detach().float().softmax(-1).reshape(-1, f.shape[-1])
     c = p.cumsum(-1)   # y by the inverse of its distribution function: a fraction of `multinomial`'s time on a large vocabulary
     y = torch.searchsorted(c, torch.rand(len(p), 1, generator=g).to(c)*c[:, -1:]).clamp_max_(p.shape[-1]-1)
@@ -151,7 +157,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified)
                       n_batches:int|None=None, # Use at most this many batches
                       distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                      )->float:
-    "Mean squared distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps)"
+    "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance"
     dist,rows,modes = 0.,0,{m:m.training for m in [*model.modules(), *ref.modules()]}
     try:
         model.eval(); ref.eval()
