@@ -470,7 +470,7 @@ def decompose(self:FC_Decomposer,
     stats,order = self._calibrate(model, todo, data)
     self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
     checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
-    later,factors,spectra = not self.sequential or checked or self.sensitivity == 'measured',{},{}   # later: the factors serve after the ranks are chosen
+    later,factors,spectra = not self.sequential or checked,{},{}   # later: the factors serve after the ranks are chosen (a `measured` sensitivity needs a budget: checked)
     for r in (self._bar(todo) if self.spectral else []):
         f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
         spectra[r.name] = f.s   # weighed: of G^½WL, the norm the layer is truncated in
@@ -480,7 +480,7 @@ def decompose(self:FC_Decomposer,
     if self.distributed:   # rank 0's ranks: spectra that differ in their last bits (on unlike hardware) could pick others
         for r,(k,why) in zip(todo, from_rank0([(r.rank, r.reason) for r in todo])): r.rank,r.reason = k,why
     if not checked: todo = [r for r in todo if r.rank]
-    factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors} if checked or not self.sequential else {}
+    factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors}
     orig = copy.deepcopy(model) if self.inplace and (self.sequential or checked) else model   # the original stream runs on it, the check compares with it
     res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo if r.rank for t in _held(r.lin)})   # what is replaced is shared, not copied
     self.check = {}
