@@ -426,11 +426,11 @@ def _checked(self:FC_Decomposer,
         return how(res, [r for r in walked if r.rank]),walked
     runs = {}
     for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent))):
-        if runs and ks == [r.rank for r in runs['allocation'][1]]: break   # the same ranks: the same model
+        if runs and ks == [r.rank for r in runs['allocation'][0]]: break   # the same ranks: the same model
         res,walked = make(res, ks, build, bool(runs))
-        runs[how] = (output_distortion(res, orig, data, self.n_batches, self.distributed), walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
-    self.check = {how:v[0] for how,v in runs.items()}
-    _,walked,layers,self.spectra = runs[closest(self.check)]
+        runs[how] = (walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
+    self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()])))
+    walked,layers,self.spectra = runs[closest(self.check)]
     if walk: res,walked = make(res, [r.rank for r in walked], walk, True)
     else:
         for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept

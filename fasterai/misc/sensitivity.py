@@ -151,24 +151,31 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
     return {n:d/max(t*r, 1e-300) for n,(d,r,t) in got.items()}
 
 # %% ../../nbs/misc/sensitivity.ipynb #c2e5a8f0
-def output_distortion(model:nn.Module, # Model measured (not modified)
+def output_distortion(model:nn.Module, # Model measured (not modified, unless `variants` are swapped into it)
                       ref:nn.Module, # Model it is compared with (not modified): the original
                       data, # Calibration data, as `calibration_batches` takes it
                       n_batches:int|None=None, # Use at most this many batches
                       distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
-                     )->float:
-    "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance"
-    dist,rows,modes = 0.,0,{m:m.training for m in [*model.modules(), *ref.modules()]}
+                      variants:list|None=None, # `[{name: module}]`: versions of `model`, each one's modules swapped in at those names in turn (`model` is left with the last's), all measured in one pass that runs `ref` once a batch
+                     )->float|list:
+    "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance (with `variants`: each variant's, in a list)"
+    vs = variants or [{}]
+    mods = [*model.modules(), *ref.modules(), *(m for v in vs for l in v.values() for m in l.modules())]
+    dist,rows,modes = [0.]*len(vs),0,{m:m.training for m in mods}
     try:
-        model.eval(); ref.eval()
+        for m in modes: m.training = False
         with torch.no_grad():
             for a,kw in _batches(model, data, n_batches):
                 r,keep = model_output(ref(*a, **kw)),padding_mask(kw)
-                dist += _distortion(model(*a, **kw), r, keep); rows += real_rows(r, keep).numel()//max(r.shape[-1], 1)
+                rows += real_rows(r, keep).numel()//max(r.shape[-1], 1)
+                for i,v in enumerate(vs):
+                    for n,l in v.items(): model = swap_module(model, model.get_submodule(n), l)
+                    dist[i] += _distortion(model(*a, **kw), r, keep)
     finally:
         for m,t in modes.items(): m.training = t
-    if distributed: dist,rows = all_values([dist, rows])
-    return dist/max(rows, 1)
+    if distributed: *dist,rows = all_values([*dist, rows])
+    res = [d/max(rows, 1) for d in dist]
+    return res if variants else res[0]
 
 
 
