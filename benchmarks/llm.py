@@ -18,6 +18,8 @@ the child's resident set (`VmHWM` over `VmRSS` once the model and the data are l
     python benchmarks/llm.py --methods svd whiten causal_lm --cuts 0.2
     python benchmarks/llm.py --quick           # four decoder layers, 4 x 128 calibration tokens: what CI runs
     python benchmarks/llm.py --save benchmarks/results/llm.json
+    python benchmarks/llm.py --methods whiten 'whiten sequential' causal_lm --n-calib 64 --save benchmarks/results/llm_calib64.json
+                                               # four times the calibration tokens
 """
 import argparse, ast, fnmatch, glob, hashlib, json, math, os, pathlib, subprocess, sys, sysconfig, time, zipfile
 import torch
