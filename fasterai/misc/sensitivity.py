@@ -160,10 +160,10 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                      )->float|list:
     "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance (with `variants`: each variant's, in a list)"
     vs = variants or [{}]
-    mods = [*model.modules(), *ref.modules(), *(m for v in vs for l in v.values() for m in l.modules())]
-    dist,rows,modes = [0.]*len(vs),0,{m:m.training for m in mods}
+    tops = [model, ref, *(l for v in vs for l in v.values())]
+    dist,rows,modes = [0.]*len(vs),0,{m:m.training for t in tops for m in t.modules()}
     try:
-        for m in modes: m.training = False
+        for t in tops: t.eval()   # through `train`, which a module may override
         with torch.no_grad():
             for a,kw in _batches(model, data, n_batches):
                 r,keep = model_output(ref(*a, **kw)),padding_mask(kw)
