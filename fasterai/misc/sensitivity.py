@@ -159,7 +159,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                       variants:list|None=None, # `[{name: module}]`: versions of `model`, each one's modules swapped in at those names in turn (`model` is left with the last's), all measured in one pass that runs `ref` once a batch
                      )->float|list:
     "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance (with `variants`: each variant's, in a list)"
-    vs = variants or [{}]
+    vs = [{}] if variants is None else variants
     tops = [model, ref, *(l for v in vs for l in v.values())]
     dist,rows,modes = [0.]*len(vs),0,{m:m.training for t in tops for m in t.modules()}
     try:
@@ -175,7 +175,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
         for m,t in modes.items(): m.training = t
     if distributed: *dist,rows = all_values([*dist, rows])
     res = [d/max(rows, 1) for d in dist]
-    return res if variants else res[0]
+    return res if variants is not None else res[0]
 
 
 
