@@ -22,6 +22,8 @@ sooner).
     python benchmarks/llm_finetune.py --runs 0:all 0.2:factors 0.4:factors          # some runs only
     python benchmarks/llm_finetune.py --steps 126 --save benchmarks/results/llm_finetune.json --runs 0:all 0.2:factors 0.4:factors
                                                       # the benchmarks page's runs: a fixed number of steps
+    python benchmarks/llm_finetune.py --steps 126 --n-calib 64 --save benchmarks/results/llm_finetune_calib64.json --runs 0.2:factors 0.2:all 0.4:factors
+                                                      # from decompositions calibrated on 64 x 256 tokens (the reference row copied from llm_finetune.json)
     python benchmarks/llm_finetune.py --table --save results/llm_finetune.json --plot results/llm_finetune.png   # its table and plot
     python benchmarks/llm_finetune.py --steps 40 --runs 0.2:factors --lr factors=3e-4 --save other.json   # another learning rate
     python benchmarks/llm_finetune.py --quick    # a tiny Llama trained in seconds: what CI runs
@@ -78,7 +80,7 @@ def decomposed(model, cut, calib, key):
     from fasterai.misc.all import load_pretrained
     fc = decomposer(model, cut)
     opts = hashlib.sha1(json.dumps(vars(fc), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    d = cache()/'llm_finetune'/f'{key}-{int(cut*100)}-{opts}'
+    d = cache()/'llm_finetune'/f'{key}-{int(cut*100)}-{opts}-{sum(len(b["input_ids"]) for b in calib)}'
     if (d/'model.safetensors').exists(): return load_pretrained(d),json.loads((d/'seconds.json').read_text())
     t = time.process_time()
     new = fc.decompose(model, calib)
@@ -183,10 +185,10 @@ def table(res):
                     f"{o['ppl'][0]:.2f} | {o['ppl'][-1]:.2f} | {f'{x:.2f}x' if x else ''} | {t} |")
     return '\n'.join(rows) + '\n'
 
-def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None):
+def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None):
     import transformers; transformers.utils.logging.disable_progress_bar()
     cfg = QUICK if quick else FULL
-    cfg = dict(cfg, lr={**cfg['lr'], **(lr or {})})
+    cfg = dict(cfg, lr={**cfg['lr'], **(lr or {})}, n_calib=n_calib or cfg['n_calib'])
     torch.set_num_threads(cfg['threads']); torch.manual_seed(0)
     model,train_ids,eval_ids,name = data(quick)
     seq = cfg['seq']
@@ -196,7 +198,7 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None):
     eval_w = clm.windows(eval_ids, seq+1, cfg['n_eval'], seed=None)
     calib = [dict(input_ids=x) for x in all_w[-cfg['n_calib']:, :-1].split(8)]   # calibration: windows no run trains on
     res = json.loads(pathlib.Path(save).read_text()) if save and pathlib.Path(save).exists() else {}
-    res.update(model=name, seq=seq, bs=cfg['bs'], n_eval=cfg['n_eval'], threads=cfg['threads'], lr=cfg['lr'], torch=torch.__version__.split('+')[0])
+    res.update(model=name, seq=seq, bs=cfg['bs'], n_calib=cfg['n_calib'], n_eval=cfg['n_eval'], threads=cfg['threads'], lr=cfg['lr'], torch=torch.__version__.split('+')[0])
     res.setdefault('runs', {})
     if steps is None: steps = res.get('steps') or cfg.get('steps')
     timed = steps is None
@@ -210,7 +212,7 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None):
     assert steps*cfg['bs'] <= len(all_w) - cfg['n_calib'], "not enough training windows"
     train_w = all_w[:steps*cfg['bs']]
     print(f"# Fine-tuning {name} after decomposition\n\n{steps} steps of {cfg['bs']} x {seq} training tokens ({steps*cfg['bs']*seq:,} tokens), "
-          f"perplexity on {cfg['n_eval']} x {seq} held-out tokens; {cfg['threads']} threads; learning rates {cfg['lr']}.\n", flush=True)
+          f"decompositions calibrated on {cfg['n_calib']} x {seq} other training tokens; perplexity on {cfg['n_eval']} x {seq} held-out tokens; {cfg['threads']} threads; learning rates {cfg['lr']}.\n", flush=True)
     runs = runs or ['0:all', *(f'{c}:{m}' for m in ('factors', 'distil', 'all', 'lora') for c in (0.2, 0.4, 0.6))]
     print("| cut | trained | parameters trained | perplexity at 0, 1/4, 1/2, 3/4 and all of the steps | after / reference | minutes (s/step) |\n|---|---|---|---|---|---|", flush=True)
     for r in runs:
@@ -241,10 +243,11 @@ if __name__ == '__main__':
     ap.add_argument('--steps', type=int, help='optimizer steps of each run (default: 15 minutes of the reference, timed first)')
     ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
     ap.add_argument('--lr', nargs='*', default=[], help="learning rates as 'mode=rate', over the defaults (e.g. factors=3e-4)")
+    ap.add_argument('--n-calib', type=int, help='calibration windows of the decompositions (default 16; the reference does not use them)')
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
     if a.table:
         res = json.loads(pathlib.Path(a.save).read_text())
         print(table(res), end='')
         if a.plot: plot(res, a.plot)
-    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)})
+    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib)
