@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math, sys
 import torch
+from fastcore.basics import store_attr
 from .distributed import all_layer_stats, all_objects, merge_orders
 from .fast_svd import LowRankSVD, eigh_upper, fill_lower, gram
 from .surgery import features, linear_bias, linear_weight, weight_param
@@ -14,8 +15,8 @@ from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['LayerStats', 'ridge', 'Weighed', 'data_svd', 'output_error', 'mean_correction', 'batch_args', 'on_device',
-           'calibration_batches', 'padding_mask', 'real_rows', 'collect_stats', 'add_gram', 'cross_from_inputs', 'Seen',
-           'PairStats', 'output_scale', 'CorrectedSVD']
+           'calibration_batches', 'padding_mask', 'real_rows', 'Recording', 'collect_stats', 'add_gram',
+           'cross_from_inputs', 'Seen', 'PairStats', 'output_scale', 'CorrectedSVD']
 
 # %% ../../nbs/misc/calibration.ipynb #9965ecce
 class LayerStats:
@@ -197,6 +198,46 @@ def real_rows(t:Tensor|None, # An activation, `(batch, sequence, features)` when
     return t[keep] if t is not None and keep is not None and t.shape[:-1] == keep.shape else t
 
 # %% ../../nbs/misc/calibration.ipynb #0a8ded4b
+class Recording:
+    "While open (a context manager), each batch `model` runs adds to the calibration statistics of `layers`, whatever runs it: `stats`, `{name: LayerStats}`, and `order`, their names in the order the model first ran them"
+    def __init__(self,
+        model:nn.Module, # Model whose batches are recorded (its modules' mode and the gradients are the caller's)
+        layers:dict, # `{name: linear layer}` of `model` to calibrate
+        moments:bool=True, # Sum the moments; `False`: only find the order (the statistics are then `{}`)
+    ):
+        store_attr('model,moments')
+        self.stats,self.order,self.names,self.bad = {n:LayerStats(l) for n,l in layers.items()} if moments else {},[],{},{}
+        for n,l in layers.items(): self.names.setdefault(l, []).append(n)
+        self.keep,self.batch = None,-1   # the current batch's attention mask (as booleans) and its index
+
+    def _start(self, model, args, kwargs): self.keep,self.batch = padding_mask(kwargs),self.batch + 1
+    def _hook(self, lin, args, out):
+        with torch.no_grad():
+            x,y = real_rows(args[0].detach(), self.keep),real_rows(out.detach(), self.keep)
+            for n in self.names[lin]:
+                if self.moments:
+                    self.stats[n].update(x, y, linear_bias(lin))
+                    if not self.stats[n].finite: self.bad.setdefault(n, self.batch)
+                if n not in self.order: self.order.append(n)
+
+    def __enter__(self):
+        self.handles = [self.model.register_forward_pre_hook(self._start, with_kwargs=True), *(l.register_forward_hook(self._hook) for l in self.names)]
+        return self
+    def __exit__(self, *exc):
+        for h in self.handles: h.remove()
+        if exc[0] is None: self.check()
+
+    def check(self):
+        "Raise the first non-finite layer and the batch where it turned so, if any"
+        for n,i in self.bad.items(): raise ValueError(f"layer '{n}' has non-finite (NaN or Inf) activations in calibration batch {i}")
+
+    def result(self, distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own data
+              )->tuple[dict, list]:
+        "`(stats, order)` of the batches recorded (summed over the processes when `distributed`)"
+        stats,order = (all_layer_stats(self.stats),merge_orders(all_objects(self.order))) if distributed else (self.stats,self.order)
+        if not order: raise ValueError("the calibration data gave no batch that ran through the layers: it is empty, or they are not used")
+        return stats,order
+
 def collect_stats(model:nn.Module, # Model run on the data (not modified)
                   layers:dict, # `{name: linear layer}` of `model` to calibrate
                   data, # Calibration data, as `calibration_batches` takes it
@@ -205,34 +246,18 @@ def collect_stats(model:nn.Module, # Model run on the data (not modified)
                   distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                  )->tuple[dict, list]:
     "`{name: LayerStats}` of `layers` over the calibration batches, and their names in the order the model first ran them"
-    stats,order,names = {n:LayerStats(l) for n,l in layers.items()} if moments else {},[],{}
-    for n,l in layers.items(): names.setdefault(l, []).append(n)
-    keep = None   # the current batch's attention mask, as booleans
-    def hook(lin, args, out):
-        x,y = args[0],out
-        x,y = real_rows(x, keep),real_rows(y, keep)
-        for n in names[lin]:
-            if moments: stats[n].update(x, y, linear_bias(lin))
-            if n not in order: order.append(n)
     p = next(model.parameters(), None)
     device,modes = (p.device if p is not None else None),{m:m.training for m in model.modules()}
-    handles = [l.register_forward_hook(hook) for l in names]
     try:
         model.eval()
-        with torch.no_grad():
+        with Recording(model, layers, moments) as rec, torch.no_grad():
             for i,(args,kwargs) in enumerate(calibration_batches(data, n_batches)):
-                args,kwargs = on_device(args, device),on_device(kwargs, device)
-                keep = padding_mask(kwargs)
-                try: model(*args, **kwargs)
+                try: model(*on_device(args, device), **on_device(kwargs, device))
                 except Exception as e: raise ValueError(f"calibration batch {i} failed in the model: {type(e).__name__}: {e}") from e
-                bad = [n for n,s in stats.items() if not s.finite]
-                if bad: raise ValueError(f"layer '{bad[0]}' has non-finite (NaN or Inf) activations in calibration batch {i}")
+                rec.check()
     finally:
-        for h in handles: h.remove()
         for m,t in modes.items(): m.training = t
-    if distributed: stats,order = all_layer_stats(stats),merge_orders(all_objects(order))
-    if not order: raise ValueError("the calibration data gave no batch that ran through the layers: it is empty, or they are not used")
-    return stats,order
+    return rec.result(distributed)
 
 # %% ../../nbs/misc/calibration.ipynb #ad9a1c3e
 def add_gram(g:Tensor, # `n` x `n` sum the products are added to

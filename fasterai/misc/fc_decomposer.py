@@ -11,7 +11,7 @@ import torch
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from .. import __version__
-from .calibration import CorrectedSVD, PairStats, collect_stats, data_svd, mean_correction, output_error
+from .calibration import CorrectedSVD, PairStats, Recording, collect_stats, data_svd, mean_correction, output_error
 from .distributed import broadcast_, from_rank0, group_size
 from .fast_svd import FactorSVD, LowRankSVD
 from .ranks import allocate_budget, even_ranks, factored_params, rank_from_energy, rank_from_params, rank_from_ratio, truncation_error
@@ -378,11 +378,17 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Mod
 # %% ../../nbs/misc/fc_decomposer.ipynb #2b9a0dd6
 @patch
 def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
-    "Calibration statistics of the layers of `rows` on `data`, and their names in the order the model runs them"
+    "Calibration statistics of the layers of `rows` on `data` and their names in the order the model runs them; sets `curvature`, their output curvatures `G` (`weigh_outputs`), in the same pass when it needs all the data"
+    self.curvature = {}
     if not self.uses_data or not rows: return {},[]
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
     n = 1 if self.sequential and not self.spectral else self.n_batches   # sequential calibration only needs the order from this pass
-    stats,order = collect_stats(model, {r.name:r.lin for r in rows}, data, n, moments=self.spectral or not self.sequential, distributed=self.distributed)
+    layers,moments = {r.name:r.lin for r in rows},self.spectral or not self.sequential
+    curv = lambda: jacobian_sensitivity(model, layers, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
+    if self.weigh_outputs and n == self.n_batches:   # the curvature's forward passes sum the statistics as well
+        with Recording(model, layers, moments) as rec: self.curvature = curv()
+        stats,order = rec.result(self.distributed)
+    else: stats,order = collect_stats(model, layers, data, n, moments=moments, distributed=self.distributed); self.curvature = curv()
     for r in rows:
         if r.name not in order and n == self.n_batches: raise ValueError(f"layer '{r.name}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
@@ -429,7 +435,7 @@ def _checked(self:FC_Decomposer,
         if runs and ks == [r.rank for r in runs['allocation'][0]]: break   # the same ranks: the same model
         res,walked = make(res, ks, build, bool(runs))
         runs[how] = (walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
-    self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()])))
+    self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()], settle=5)))
     walked,layers,self.spectra = runs[closest(self.check)]
     if walk: res,walked = make(res, [r.rank for r in walked], walk, True)
     else:
@@ -468,7 +474,6 @@ def decompose(self:FC_Decomposer,
     if data is not None and not self.uses_data:
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
-    self.curvature = jacobian_sensitivity(model, {r.name:r.lin for r in todo}, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
     checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
     later,factors,spectra = not self.sequential or checked,{},{}   # later: the factors serve after the ranks are chosen (a `measured` sensitivity needs a budget: checked)
     for r in (self._bar(todo) if self.spectral else []):

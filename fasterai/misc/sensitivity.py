@@ -13,7 +13,7 @@ from .fast_svd import fill_lower
 from .surgery import linear_weight, low_rank_linear, swap_module
 
 # %% auto #0
-__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion', 'closest']
+__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion', 'settled', 'closest']
 
 # %% ../../nbs/misc/sensitivity.ipynb #d3bad309
 def model_output(out, # What a model returned: a tensor, a tuple, a dict or a `transformers` `ModelOutput`
@@ -35,11 +35,15 @@ def _logits(out)->bool:
 def _distortion(out, # What a model returned
                 ref:Tensor, # The reference main output
                 keep:Tensor|None, # The batch's attention mask, or `None`
-               )->float:
-    "Distance of the main output of `out` from `ref`, summed over the real (unpadded) rows: the KL divergence of its distribution from `ref`'s when it is `logits`, else the squared distance"
-    f,r = real_rows(model_output(out), keep),real_rows(ref, keep)
-    if not _logits(out): return float((f - r).double().square().sum())
-    return float(F.kl_div(f.float().log_softmax(-1), r.float().log_softmax(-1), log_target=True, reduction='sum'))
+               )->Tensor:
+    "Distance of the main output of `out` from `ref` per sample (its first dimension), summed over the sample's real (unpadded) rows: the KL divergence of its distribution from `ref`'s when it is `logits`, else the squared distance (float64)"
+    f = model_output(out)
+    f,ref = (f.reshape(1, -1),ref.reshape(1, -1)) if f.dim() < 2 else (f,ref)
+    if not _logits(out): d = (f - ref).double().square().sum(-1)
+    else: d = torch.stack([F.kl_div(a.float().log_softmax(-1), b.float().log_softmax(-1), log_target=True, reduction='none').sum(-1)
+                           for a,b in zip(f, ref)])   # a sample at a time: a vocabulary's temporaries for one sample's rows, not the batch's
+    if keep is not None and d.shape == keep.shape: d = d.where(keep, 0)
+    return d.double().reshape(len(d), -1).sum(1)
 
 def _draws(seed:int, # Seed of the projections
            j:int, # The batch's place in the data (in every process's batches, in rank order, when distributed)
@@ -140,7 +144,7 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                 swap_module(model, l, pair)
                 try:
                     dist = 0.
-                    for (a,kw),r,keep in zip(batches, ref, keeps): dist += _distortion(model(*a, **kw), r, keep)
+                    for (a,kw),r,keep in zip(batches, ref, keeps): dist += float(_distortion(model(*a, **kw), r, keep).sum())
                 finally: swap_module(model, pair, l); h.remove()
                 got[n] = dist,rows[0],float(lr.s[k:].double().square().sum())
     finally:
@@ -157,11 +161,12 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                       n_batches:int|None=None, # Use at most this many batches
                       distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                       variants:list|None=None, # `[{name: module}]`: versions of `model`, each one's modules swapped in at those names in turn (`model` is left with the last's), all measured in one pass that runs `ref` once a batch
+                      settle:float|None=None, # With `variants`: stop after the first batch at which the variant closest so far leads each other by `settle` standard errors (`settled`)
                      )->float|list:
     "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance (with `variants`: each variant's, in a list)"
     vs = [{}] if variants is None else variants
     tops = [model, ref, *(l for v in vs for l in v.values())]
-    dist,rows,modes = [0.]*len(vs),0,{m:m.training for t in tops for m in t.modules()}
+    per,rows,modes = [[] for _ in vs],0,{m:m.training for t in tops for m in t.modules()}
     try:
         for t in tops: t.eval()   # through `train`, which a module may override
         with torch.no_grad():
@@ -170,14 +175,28 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                 rows += real_rows(r, keep).numel()//max(r.shape[-1], 1)
                 for i,v in enumerate(vs):
                     for n,l in v.items(): model = swap_module(model, model.get_submodule(n), l)
-                    dist[i] += _distortion(model(*a, **kw), r, keep)
+                    per[i].append(_distortion(model(*a, **kw), r, keep))
+                if settle is not None and settled(torch.stack([torch.cat(p) for p in per]), settle): break
     finally:
         for m,t in modes.items(): m.training = t
+    dist = [float(torch.cat(p).sum()) if p else 0. for p in per]
     if distributed: *dist,rows = all_values([*dist, rows])
     res = [d/max(rows, 1) for d in dist]
     return res if variants is not None else res[0]
 
 
+
+# %% ../../nbs/misc/sensitivity.ipynb #c953430f
+def settled(d:Tensor, # `(variants, samples)`: each variant's distance from the reference on each sample measured so far
+            z:float, # Standard errors by which the closest must lead
+            min_n:int=8, # Samples needed before deciding
+           )->bool:
+    "Whether the variant closest so far leads each other one by more than `z` standard errors of their paired differences per sample: more samples would not change which is closest"
+    n = d.shape[1]
+    if len(d) < 2 or n < min_n: return False
+    best = int(d.sum(1).argmin())
+    gap = d[torch.arange(len(d)) != best] - d[best]
+    return bool((gap.mean(1) > z*gap.std(1)/n**0.5).all())
 
 # %% ../../nbs/misc/sensitivity.ipynb #e6b9c3d2
 def closest(check:dict, # `{candidate: its output distortion}`, as `FC_Decomposer.check` holds
