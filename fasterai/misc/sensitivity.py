@@ -186,7 +186,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
 
 
 
-# %% ../../nbs/misc/sensitivity.ipynb #c953430f
+# %% ../../nbs/misc/sensitivity.ipynb #cd4b6d3a
 def settled(d:Tensor, # `(variants, samples)`: each variant's distance from the reference on each sample measured so far
             z:float, # Standard errors by which the closest must lead
             min_n:int=8, # Samples needed before deciding
