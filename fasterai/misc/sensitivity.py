@@ -164,6 +164,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                       settle:float|None=None, # With `variants`: stop after the first batch at which the variant closest so far leads each other by `settle` standard errors (`settled`)
                      )->float|list:
     "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance (with `variants`: each variant's, in a list)"
+    if settle is not None and variants is None: raise ValueError(f"settle={settle} compares variants: pass `variants`")
     vs = [{}] if variants is None else variants
     tops = [model, ref, *(l for v in vs for l in v.values())]
     per,rows,modes = [[] for _ in vs],0,{m:m.training for t in tops for m in t.modules()}
