@@ -65,7 +65,7 @@ class Weighed:
     def __init__(self,
         lr:LowRankSVD, # Factorisation of the scaled matrices (`R W L` for its basis, `R W` factorised)
         r:Tensor|None, # `R`, upper triangular, as `output_scale` gives it; `None`: unweighted
-    ): self.lr,self.r,self.s = lr,r,lr.s
+    ): self.lr,self.r,self.s,self.last = lr,r,lr.s,None   # last: the factor `b` `factors` gave last, and its `U_k`
 
     def keep(self, k:int, # Largest rank `factors` will be asked for
             )->Weighed:
@@ -77,15 +77,21 @@ class Weighed:
                )->tuple[Tensor, Tensor]:
         "Rank-`k` factors `(a, b)`: `a = U_kᵀ R W`, `b = R⁻¹U_k` (`U_k` with orthonormal columns: `b` itself when unweighted)"
         a,u = self.lr.factors(k)
-        return a,(u if self.r is None else torch.linalg.solve_triangular(self.r.to(u), u, upper=True))
+        if self.r is None: return a,u
+        b = torch.linalg.solve_triangular(self.r.to(u), u, upper=True)
+        self.last = b,u
+        return a,b
     def scale(self, t:Tensor, # `m` x anything
              )->Tensor:
         "`R t`: `t` itself when unweighted"
         return t if self.r is None else self.r.to(t) @ t
     def dual(self, b:Tensor, # The factor `b = R⁻¹U_k`, `m` x `k`
             )->Tensor:
-        "`v = RᵀU_k = G b`: the truncation is the oblique projection `W' = b vᵀ W`"
-        return b if self.r is None else self.r.T.to(b) @ (self.r.to(b) @ b)
+        "`v = RᵀU_k = G b`: the truncation is the oblique projection `W' = b vᵀ W` (one product when `b` is the factor `factors` gave last: its `U_k` is kept)"
+        if self.r is None: return b
+        u = self.last[1] if self.last is not None and self.last[0] is b else self.scale(b)
+        self.last = None
+        return self.r.T.to(u) @ u
 
 
 
@@ -415,9 +421,10 @@ def output_scale(g:Tensor|None, # What errors in the outputs cost: the curvature
     shape,g = tuple(g.shape),g.detach().double().cpu()
     if g.dim() == 1: g = torch.diag(g)
     if g.shape != (m, m): raise ValueError(f"got an output curvature G of shape {shape} for a layer with {m} outputs: need ({m},) or ({m}, {m})")
-    if not bool(torch.isfinite(g).all()): raise ValueError("the output curvature G must be finite")
+    lo,hi = map(float, torch.aminmax(g))   # a NaN propagates to both
+    if not math.isfinite(lo + hi): raise ValueError("the output curvature G must be finite")
     scale = float(g.diagonal().mean())
-    if not torch.allclose(g, g.T, rtol=1e-6, atol=1e-9*abs(scale)): raise ValueError("the output curvature G must be symmetric")
+    if float((g - g.T).abs_().max()) > 1e-9*abs(scale) + 1e-6*max(-lo, hi): raise ValueError("the output curvature G must be symmetric")
     if scale == 0 and not bool(g.any()): return None
     if scale > 0:
         g = g/scale; g.diagonal().add_(floor)
@@ -448,18 +455,22 @@ class CorrectedSVD(Weighed):
         super().__init__(LowRankSVD(self.scale(z), self.scale(self.m_star @ w) if st.outputs else self.rm), self.r)
         self.stats = st
 
-    def _map(self, b:Tensor)->Tensor:
-        "`a` of `W' = b a` on the source, from the factor `b`: `U_kᵀ R M*`"
-        return self.scale(b.double()).T @ self.rm
+    def source_map(self, b:Tensor, # The factor `b`, `m` x `k`
+                   a:Tensor|None=None, # The first factor `factors` gave with `b`: the map itself when the source is the inputs
+                  )->Tensor:
+        "`a` of `W' = b a` on the source, in float64: `U_kᵀ R M*`, computed from `b` unless `a` is it"
+        return a.double() if a is not None and not self.stats.outputs else self.scale(b.double()).T @ self.rm
 
     def bias_shift(self, b:Tensor, # The factor `b`, `m` x `k`
+                   a:Tensor|None=None, # Its `source_map`, when computed already
                   )->Tensor:
         "What to add to the layer's bias to keep the mean output: `ȳ − W' s̄`"
-        return self.stats.mean_y - b.double() @ (self._map(b) @ self.stats.mean_s)
+        return self.stats.mean_y - b.double() @ ((self.source_map(b) if a is None else a) @ self.stats.mean_s)
 
     def error(self, b:Tensor, # The factor `b`, `m` x `k`
+              a:Tensor|None=None, # Its `source_map`, when computed already
              )->float:
         "Output error of the truncation on the calibration data, relative to the outputs' spread: ‖Y − W'S‖_F / ‖Y − Ȳ‖_F"
-        b,a,total = b.double(),self._map(b),self.stats.total   # W' = b a on the source
+        b,a,total = b.double(),self.source_map(b) if a is None else a,self.stats.total   # W' = b a on the source
         err = total - 2*float((a * (b.T @ self.c_ys)).sum()) + float(((b.T @ b) * (a @ self.c_ss @ a.T)).sum())
         return math.sqrt(max(err, 0)/total) if total > 0 else 0.0

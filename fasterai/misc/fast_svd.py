@@ -11,16 +11,19 @@ from torch import Tensor
 from scipy.linalg import blas
 
 # %% auto #0
-__all__ = ['gram', 'fill_lower', 'eigh_upper', 'free_pages', 'trim_heap', 'product_into', 'truncate', 'LowRankSVD', 'FactorSVD']
+__all__ = ['SCIPY_ABOVE', 'gram', 'fill_lower', 'eigh_upper', 'free_pages', 'trim_heap', 'product_into', 'truncate', 'LowRankSVD',
+           'FactorSVD']
 
 # %% ../../nbs/misc/fast_svd.ipynb #b6652ae7
+SCIPY_ABOVE = 2048 # Matrices larger than this (`m` x `m`) get their Gram matrix and eigendecomposition from SciPy's BLAS and LAPACK on the CPU; smaller ones stay in torch
+
 def gram(w:Tensor, # An `m` x `n` matrix
          chunk:int=1024, # Columns converted at a time
          dtype:torch.dtype=torch.float64, # Precision the products are accumulated in
         )->Tensor:
     "The upper triangle of `w @ w.T` in `dtype` (the lower one is not set), accumulated over chunks of columns"
     m,n = w.shape
-    if w.device.type != 'cpu':
+    if w.device.type != 'cpu' or m <= SCIPY_ABOVE:
         g = torch.zeros(m, m, dtype=dtype, device=w.device)
         for i in range(0, n, chunk): x = w[:, i:i+chunk].to(dtype); g.addmm_(x, x.T)
         return g
@@ -47,7 +50,7 @@ def eigh_upper(g:Tensor, # Symmetric matrix, of which only the upper triangle is
                k:int|None=None, # Compute only the eigenvectors of the `k` largest eigenvalues (all eigenvalues still)
               )->tuple[Tensor, Tensor]:
     "Eigenvalues (ascending) and eigenvectors (the last `k`, or all) of the symmetric matrix whose upper triangle is `g`'s; overwrites `g`"
-    if g.device.type != 'cpu':
+    if g.device.type != 'cpu' or (k is None and len(g) <= SCIPY_ABOVE):
         lam,q = torch.linalg.eigh(g, UPLO='U')
         return lam,(q if k is None else q[:, -k:])
     a,kw = g.numpy(),dict(overwrite_a=True, check_finite=False)

@@ -351,7 +351,9 @@ def _sole_weight(lin:nn.Module)->bool:
             and sys.getrefcount(p) == 3 and count(s._cdata) == 2)   # refs: `lin._parameters`, `p`, the call; users of the memory: `p`, `s`
 
 @patch
-def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Module:
+def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats,
+             measure:bool=True, # Compute its output error on the calibration data (a candidate that a walk replaces needs none)
+            )->nn.Module:
     "Replace the layer of plan `r` in `res` by its rank-`r.rank` pair, from the factorisation `fac` or a new one; returns the root"
     r.lin = None   # the plan lets go of the original layer, so that it is freed once replaced
     k,old = r.rank,res.get_submodule(r.name)
@@ -364,11 +366,12 @@ def _replace(self:FC_Decomposer, res:nn.Module, r:LayerPlan, fac, stats)->nn.Mod
     self.spectra[r.name] = fac.s.cpu()
     r.params_after = factored_params(r.out_features, r.in_features, k)
     if isinstance(fac, CorrectedSVD):
-        r.rel_error = fac.error(b)
-        with torch.no_grad(): pair[1].bias += fac.bias_shift(b).to(pair[1].bias)
+        m = fac.source_map(b, a)
+        r.rel_error = fac.error(b, m)
+        with torch.no_grad(): pair[1].bias += fac.bias_shift(b, m).to(pair[1].bias)
     elif stats is not None:
         w,v = linear_weight(old),fac.dual(b)   # `W' = b vᵀ W`
-        r.rel_error = output_error(b, w, stats, self.method == 'whiten', v)
+        if measure: r.rel_error = output_error(b, w, stats, self.method == 'whiten', v)
         if self.method == 'whiten':
             with torch.no_grad(): pair[1].bias += mean_correction(b, w, stats, v).to(pair[1].bias)
     if note: r.reason = note
@@ -495,7 +498,7 @@ def decompose(self:FC_Decomposer,
         return self._sequential(orig, res, rows, data)
     if checked:   # the factorisations serve both candidates; sequential, the walk follows with the ranks kept
         def build(res, rows):
-            for r in self._bar(rows): res = self._replace(res, r, factors[r.name], stats[r.name])
+            for r in self._bar(rows): res = self._replace(res, r, factors[r.name], stats[r.name], measure=not self.sequential)   # the walk's errors are reported
             return res
         res = self._checked(orig, res, todo, data, build, walk if self.sequential else None)
     elif self.sequential: res = walk(res, todo)
