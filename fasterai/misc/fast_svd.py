@@ -21,7 +21,7 @@ def gram(w:Tensor, # An `m` x `n` matrix
          chunk:int=1024, # Columns converted at a time
          dtype:torch.dtype=torch.float64, # Precision the products are accumulated in
         )->Tensor:
-    "The upper triangle of `w @ w.T` in `dtype` (the lower one is not set), accumulated over chunks of columns"
+    "The upper triangle of `w @ w.T` in `dtype` (the lower one is left unset above `SCIPY_ABOVE` on the CPU: read only the upper), accumulated over chunks of columns"
     m,n = w.shape
     if w.device.type != 'cpu' or m <= SCIPY_ABOVE:
         g = torch.zeros(m, m, dtype=dtype, device=w.device)
