@@ -16,7 +16,9 @@ Budget: `steps` is 15 minutes of the reference's training on 2 unshared cores. T
 not measured: a step's time is the process's CPU time over its 2 threads (OMP_WAIT_POLICY=PASSIVE, so a waiting
 thread sleeps rather than spins), the time it would take alone if both threads stay busy. Each run's minutes are its
 steps times its own median seconds per step (decomposed models run faster: their 15 minutes' worth of steps ends
-sooner).
+sooner). With `--same-minutes` a decomposed run trains for the reference's minutes instead: the reference's steps times the
+ratio of their times a step (each timed first on 4 steps, on this machine), going round the reference's windows again
+after its last: the same text, the same minutes.
 
     python benchmarks/llm_finetune.py --save benchmarks/results/llm_finetune.json   # hours on 2 shared cores
     python benchmarks/llm_finetune.py --runs 0:all 0.2:factors 0.4:factors          # some runs only
@@ -24,6 +26,8 @@ sooner).
                                                       # the benchmarks page's runs: a fixed number of steps
     python benchmarks/llm_finetune.py --steps 126 --n-calib 64 --save benchmarks/results/llm_finetune_calib64.json --runs 0.2:factors 0.2:all 0.4:factors
                                                       # from decompositions calibrated on 64 x 256 tokens (the reference row copied from llm_finetune.json)
+    python benchmarks/llm_finetune.py --steps 126 --n-calib 64 --same-minutes --save benchmarks/results/llm_finetune_minutes.json --runs 0.2:factors 0.4:factors
+                                                      # each decomposed run given the reference's minutes (the reference row copied from llm_finetune.json)
     python benchmarks/llm_finetune.py --table --save results/llm_finetune.json --plot results/llm_finetune.png   # its table and plot
     python benchmarks/llm_finetune.py --steps 40 --runs 0.2:factors --lr factors=3e-4 --save other.json   # another learning rate
     python benchmarks/llm_finetune.py --quick    # a tiny Llama trained in seconds: what CI runs
@@ -138,14 +142,14 @@ def clock():
                 print(f"  step {self.iter + 1}: perplexity {self.ppl[self.iter + 1]:.2f}, {statistics.median(self.cpu):.2f} s a step", file=sys.stderr, flush=True)
     return Clock
 
-def run(model, mode, train_w, eval_w, cfg, steps, teacher=None):
-    "Fine-tune `model` on the windows `train_w` (one epoch of `steps` batches) in `mode`; its perplexity at each quarter of the steps and its time per step"
+def run(model, mode, train_w, eval_w, cfg, steps, teacher=None, at=None):
+    "Fine-tune `model` on the windows `train_w` (one epoch of `steps` batches) in `mode`; its perplexity at the steps `at` (default: each quarter of them) and its time per step"
     from fastai.data.core import DataLoaders
-    train_w = train_w[:steps*cfg['bs']]
+    train_w = train_w[torch.arange(steps*cfg['bs']) % len(train_w)]   # more steps than windows: round them again, in the same order
     dls = DataLoaders.from_dsets(list(zip(train_w[:, :-1], train_w[:, 1:])), list(zip(eval_w[:, :-1], eval_w[:, 1:])), bs=cfg['bs'], shuffle=False, device='cpu', num_workers=0)
     learn = learner(model, mode, dls, teacher)
     n_train = sum(p.numel() for p in learn.model.parameters() if p.requires_grad)
-    clk = clock()(eval_w, {steps*i//4 for i in (1, 2, 3)})
+    clk = clock()(eval_w, {steps*i//4 for i in (1, 2, 3)} if at is None else set(at))
     learn.remove_cb(learn.progress)
     lr = cfg['lr'][mode]
     if mode == 'all' and len(learn.opt.param_lists[0]): lr = slice(lr, cfg['lr']['factors'])   # decomposed: the factors at their rate, the rest at the reference's
@@ -185,7 +189,7 @@ def table(res):
                     f"{o['ppl'][0]:.2f} | {o['ppl'][-1]:.2f} | {f'{x:.2f}x' if x else ''} | {t} |")
     return '\n'.join(rows) + '\n'
 
-def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None):
+def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None, same_minutes=False):
     import transformers; transformers.utils.logging.disable_progress_bar()
     cfg = QUICK if quick else FULL
     cfg = dict(cfg, lr={**cfg['lr'], **(lr or {})}, n_calib=n_calib or cfg['n_calib'])
@@ -203,7 +207,7 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n
     if steps is None: steps = res.get('steps') or cfg.get('steps')
     timed = steps is None
     if timed:   # 15 minutes of the reference's training, timed on a few steps of it
-        probe = run(copy.deepcopy(model), 'all', all_w, eval_w[:8], cfg, 4)
+        probe = run(copy.deepcopy(model), 'all', all_w, eval_w[:8], cfg, 4, at=())   # no evaluation between its steps: the step after one is slower
         steps = int(cfg['minutes']*60/probe['s_per_step'])
         res['probe_s_per_step'] = probe['s_per_step']
         print(f"The reference's training: {probe['s_per_step']:.2f} s a step on unshared cores ({probe['wall_per_step']:.2f} s wall here): "
@@ -215,18 +219,26 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n
           f"decompositions calibrated on {cfg['n_calib']} x {seq} other training tokens; perplexity on {cfg['n_eval']} x {seq} held-out tokens; {cfg['threads']} threads; learning rates {cfg['lr']}.\n", flush=True)
     runs = runs or ['0:all', *(f'{c}:{m}' for m in ('factors', 'distil', 'all', 'lora') for c in (0.2, 0.4, 0.6))]
     print("| cut | trained | parameters trained | perplexity at 0, 1/4, 1/2, 3/4 and all of the steps | after / reference | minutes (s/step) |\n|---|---|---|---|---|---|", flush=True)
+    ref_s = None   # the reference's time a step on this machine, for --same-minutes
     for r in runs:
         c,mode = r.split(':'); cut = float(c)
         if r in res['runs'] and res['runs'][r].get('budget', steps) == steps: print(f"| {cut:.0%} | {mode} | (done: in {save}) | | | |"); continue
         if mode == 'lora':
             try: import peft
             except ImportError: print(f"| {cut:.0%} | lora | (peft is not installed) | | | |"); continue
+        if cut and same_minutes:   # the reference's minutes at this machine's speed: its steps at its time a step, timed here
+            ref = res['runs'].get('0:all')
+            if ref is None or ref.get('budget') != steps: raise SystemExit(f"--same-minutes: the reference's run ('0:all') of {steps} steps comes first (in --save, or in --runs before this one)")
+            if ref_s is None: ref_s = run(copy.deepcopy(model), 'all', train_w, eval_w[:8], cfg, 4, at=())['s_per_step']
+            minutes = steps*ref_s/60
         m,secs = (copy.deepcopy(model),0.) if cut == 0 else decomposed(model, cut, calib, 'quick' if quick else 'smollm2')
-        n = steps
-        if mode == 'distil' and timed:   # 15 minutes' budget: the teacher's forward pass makes a step slower than the reference's, fewer steps fit
-            n = min(steps, int(cfg['minutes']*60/run(copy.deepcopy(m), mode, train_w, eval_w[:8], cfg, 4, model)['s_per_step']))
+        n,probe = steps,None
+        if cut and same_minutes or mode == 'distil' and timed:   # a budget of minutes: as many steps as fit, at this run's time a step
+            probe = run(copy.deepcopy(m), mode, train_w, eval_w[:8], cfg, 4, model, at=())['s_per_step']
+            n = int(minutes*60/probe) if cut and same_minutes else min(steps, int(cfg['minutes']*60/probe))   # distil: slower than the reference, fewer steps fit
         out = run(m, mode, train_w, eval_w, cfg, n, model)
-        out['decompose_s'],out['budget'] = secs,steps
+        out['decompose_s'],out['budget'],out['probe_s_per_step'] = secs,steps,probe
+        if cut and same_minutes: out['reference_probe_s_per_step'] = ref_s
         res['runs'][r] = out
         p,ref = out['ppl'],res['runs'].get('0:all')
         ratio = f"{p[-1]/ref['ppl'][-1]:.3f}" if ref else ''
@@ -244,10 +256,11 @@ if __name__ == '__main__':
     ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
     ap.add_argument('--lr', nargs='*', default=[], help="learning rates as 'mode=rate', over the defaults (e.g. factors=3e-4)")
     ap.add_argument('--n-calib', type=int, help='calibration windows of the decompositions (default 16; the reference does not use them)')
+    ap.add_argument('--same-minutes', action='store_true', help="give each decomposed run the reference's minutes (from the '0:all' run in --save), not its steps")
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
     if a.table:
         res = json.loads(pathlib.Path(a.save).read_text())
         print(table(res), end='')
         if a.plot: plot(res, a.plot)
-    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib)
+    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib, a.same_minutes)

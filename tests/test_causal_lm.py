@@ -1,5 +1,5 @@
 "The fastai path for causal LMs on small models built from configs: saving, export, GPT-2's Conv1D and LayerNorms, a GPU, the benchmark."
-import re, subprocess, sys, warnings
+import json, math, re, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
 import transformers
@@ -105,6 +105,23 @@ def test_benchmark_quick(tmp_path, monkeypatch):
         assert len(ppl) == 5 and (ppl[-1] < ppl[0] if x[1] == 'all' else ppl[-1] < 1.01*ppl[0]), x   # the budget keeps most of this small model whole: few factors train
     n = {(x[0], x[1]):int(x[2].replace(',', '')) for x in rows}
     assert max(n['20%', 'factors'], n['40%', 'factors']) < n['40%', 'all'] < n['0%', 'all'], n
+
+@pytest.mark.slow
+def test_benchmark_same_minutes(tmp_path, monkeypatch):
+    "`--same-minutes` gives a decomposed run the reference's minutes (both timed on this machine): as many steps as fit at its own time a step; it needs the reference's run first"
+    monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))
+    bench,out = Path(__file__).parents[1]/'benchmarks',tmp_path/'res.json'
+    bad = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--same-minutes', '--save', tmp_path/'none.json', '--runs', '0.4:factors'],
+                         capture_output=True, text=True, cwd=bench)
+    assert bad.returncode != 0 and "'0:all'" in bad.stderr, bad.stderr[-3000:]
+    r = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--same-minutes', '--save', out, '--runs', '0:all', '0.4:factors'],
+                       capture_output=True, text=True, cwd=bench)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    ref,dec = res['runs']['0:all'],res['runs']['0.4:factors']
+    assert ref['probe_s_per_step'] is None and dec['reference_probe_s_per_step'] > 0 and dec['probe_s_per_step'] > 0, dec
+    assert dec['steps'][-1] == int(res['steps']*dec['reference_probe_s_per_step']/60*60/dec['probe_s_per_step']) > 0, dec   # the reference's minutes, at its time a step here
+    assert len(dec['ppl']) == 5 and all(math.isfinite(p) for p in dec['ppl']), dec
 
 def test_transformers_alone_after_fine_tune(tmp_path):
     "A fine-tuned decomposed model saved with `save_pretrained` loads with `transformers` alone (`trust_remote_code=True`) and computes the same"
