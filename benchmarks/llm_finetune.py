@@ -207,7 +207,7 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n
     if steps is None: steps = res.get('steps') or cfg.get('steps')
     timed = steps is None
     if timed:   # 15 minutes of the reference's training, timed on a few steps of it
-        probe = run(copy.deepcopy(model), 'all', all_w, eval_w[:8], cfg, 4, at=())   # no evaluation between its steps: the step after one is slower
+        probe = run(copy.deepcopy(model), 'all', all_w, eval_w[:8], cfg, 4, at=())   # its training steps alone: no evaluation between them
         steps = int(cfg['minutes']*60/probe['s_per_step'])
         res['probe_s_per_step'] = probe['s_per_step']
         print(f"The reference's training: {probe['s_per_step']:.2f} s a step on unshared cores ({probe['wall_per_step']:.2f} s wall here): "
@@ -256,7 +256,7 @@ if __name__ == '__main__':
     ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
     ap.add_argument('--lr', nargs='*', default=[], help="learning rates as 'mode=rate', over the defaults (e.g. factors=3e-4)")
     ap.add_argument('--n-calib', type=int, help='calibration windows of the decompositions (default 16; the reference does not use them)')
-    ap.add_argument('--same-minutes', action='store_true', help="give each decomposed run the reference's minutes (from the '0:all' run in --save), not its steps")
+    ap.add_argument('--same-minutes', action='store_true', help="give each decomposed run the reference's minutes, not its steps: the reference's run ('0:all', in --save or before in --runs) gives the steps, and both are timed on this machine")
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
     if a.table:
