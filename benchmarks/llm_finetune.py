@@ -226,19 +226,20 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n
         if mode == 'lora':
             try: import peft
             except ImportError: print(f"| {cut:.0%} | lora | (peft is not installed) | | | |"); continue
-        if cut and same_minutes:   # the reference's minutes at this machine's speed: its steps at its time a step, timed here
+        minuted = bool(cut and same_minutes)
+        if minuted:   # the reference's minutes at this machine's speed: its steps at its time a step, timed here
             ref = res['runs'].get('0:all')
             if ref is None or ref.get('budget') != steps: raise SystemExit(f"--same-minutes: the reference's run ('0:all') of {steps} steps comes first (in --save, or in --runs before this one)")
             if ref_s is None: ref_s = run(copy.deepcopy(model), 'all', train_w, eval_w[:8], cfg, 4, at=())['s_per_step']
             minutes = steps*ref_s/60
         m,secs = (copy.deepcopy(model),0.) if cut == 0 else decomposed(model, cut, calib, 'quick' if quick else 'smollm2')
         n,probe = steps,None
-        if cut and same_minutes or mode == 'distil' and timed:   # a budget of minutes: as many steps as fit, at this run's time a step
+        if minuted or mode == 'distil' and timed:   # a budget of minutes: as many steps as fit, at this run's time a step
             probe = run(copy.deepcopy(m), mode, train_w, eval_w[:8], cfg, 4, model, at=())['s_per_step']
-            n = int(minutes*60/probe) if cut and same_minutes else min(steps, int(cfg['minutes']*60/probe))   # distil: slower than the reference, fewer steps fit
+            n = int(minutes*60/probe) if minuted else min(steps, int(cfg['minutes']*60/probe))   # distil: slower than the reference, fewer steps fit
         out = run(m, mode, train_w, eval_w, cfg, n, model)
         out['decompose_s'],out['budget'],out['probe_s_per_step'] = secs,steps,probe
-        if cut and same_minutes: out['reference_probe_s_per_step'] = ref_s
+        if minuted: out['reference_probe_s_per_step'] = ref_s
         res['runs'][r] = out
         p,ref = out['ppl'],res['runs'].get('0:all')
         ratio = f"{p[-1]/ref['ppl'][-1]:.3f}" if ref else ''
