@@ -128,25 +128,25 @@ def measured_sensitivity(model:nn.Module, # Model (restored as it was)
                          distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                         )->dict:
     "`{name: g}`: the model's output distortion with each layer alone truncated at a quarter of its rank, per row and unit of the error its spectrum predicts"
-    batches,got = _batches(model, data, n_batches),{}
-    keeps,modes = [padding_mask(kw) for _,kw in batches],{m:m.training for m in model.modules()}
+    ks = {n:max(1, len(factors[n].s)//4) for n in layers}
+    got,modes = {n:[0., 0, float(factors[n].s[ks[n]:].double().square().sum())] for n in layers},{m:m.training for m in model.modules()}
+    def truncated(n, l):   # built again for each batch: one pair at a time in memory
+        lr = factors[n]
+        a,b = lr.factors(ks[n])
+        pair = low_rank_linear(a, b, l)
+        if stats: pair[1].bias += mean_correction(b, linear_weight(l), stats[n], lr.dual(b)).to(pair[1].bias)
+        return pair
     try:
         model.eval()
         with torch.no_grad():
-            ref = [model_output(model(*a, **kw)) for a,kw in batches]
-            for n,l in layers.items():
-                lr,rows,keep = factors[n],[0],None
-                k = max(1, len(lr.s)//4)
-                a,b = lr.factors(k)
-                pair = low_rank_linear(a, b, l)
-                if stats: pair[1].bias += mean_correction(b, linear_weight(l), stats[n], lr.dual(b)).to(pair[1].bias)
-                h = pair.register_forward_hook(lambda m,a,y: rows.__setitem__(0, rows[0] + real_rows(y, keep).numel()//y.shape[-1]))
-                swap_module(model, l, pair)
-                try:
-                    dist = 0.
-                    for (a,kw),r,keep in zip(batches, ref, keeps): dist += float(_distortion(model(*a, **kw), r, keep).sum())
-                finally: swap_module(model, pair, l); h.remove()
-                got[n] = dist,rows[0],float(lr.s[k:].double().square().sum())
+            for a,kw in _batches(model, data, n_batches):   # one batch's reference output at a time: a language model's logits span its vocabulary
+                r,keep = model_output(model(*a, **kw)),padding_mask(kw)
+                for n,l in layers.items():
+                    pair = truncated(n, l)
+                    h = pair.register_forward_hook(lambda m,x,y,g=got[n]: g.__setitem__(1, g[1] + real_rows(y, keep).numel()//y.shape[-1]))
+                    swap_module(model, l, pair)
+                    try: got[n][0] += float(_distortion(model(*a, **kw), r, keep).sum())
+                    finally: swap_module(model, pair, l); h.remove()
     finally:
         for m,t in modes.items(): m.training = t
     if distributed:   # each layer's distortion and rows, summed over the processes
