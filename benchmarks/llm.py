@@ -158,6 +158,7 @@ def one(method, cut, cfg):
     res = dict(method=method, cut=cut, perplexity=math.exp(float(l.mean())), seconds=secs, peak_mib=peak-base, params=after, params_before=before, nll=l.tolist(),
                kept_by_type=(by.params_after/by.params_before).round(4).to_dict(), whole=int(rep['rank'].isna().sum()))   # where the parameters went
     if dec.check: res['kept'] = closest(dec.check)
+    if dec.walk_check: res['walk_check'] = dec.walk_check   # the walked model against the layers decomposed on their own
     return res
 
 def child(method, cut, cfg)->dict:
@@ -167,6 +168,7 @@ def child(method, cut, cfg)->dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 def main(quick=False, save=None, methods=None, cuts=None, n_calib=None, n_eval=None):
+    from fasterai.misc.sensitivity import closest
     cfg = dict(QUICK if quick else FULL)
     if cuts: cfg['cuts'] = tuple(cuts)
     if n_calib: cfg['n_calib'] = n_calib
@@ -193,7 +195,7 @@ def main(quick=False, save=None, methods=None, cuts=None, n_calib=None, n_eval=N
     for m in methods:
         rs = [child(m, c, cfg) for c in cuts]
         res['runs'] += rs
-        kept = f" (kept: {' / '.join(r['kept'] for r in rs)})" if all('kept' in r for r in rs) else ''
+        kept = f" (kept: {' / '.join(r['kept'] + (', ' + closest(r['walk_check']) if 'walk_check' in r else '') for r in rs)})" if all('kept' in r for r in rs) else ''
         cell = lambda k, f: ' / '.join(format(r[k], f) for r in rs)
         print(f"| {m}{kept} | {' | '.join(format(r['perplexity'], '.2f') for r in rs)} | {cell('seconds', '.0f')} | {cell('peak_mib', '.0f')} |", flush=True)
         if save: pathlib.Path(save).write_text(json.dumps(res, indent=1))

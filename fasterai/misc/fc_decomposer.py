@@ -172,7 +172,7 @@ def matches(entry, # A module name, a glob, or a module class
 # %% ../../nbs/misc/fc_decomposer.ipynb #f329ac43
 class DecompositionReport(pd.DataFrame):
     "Per-layer report of a decomposition, shown with its totals"
-    _metadata = ['model_params', 'budget', 'check']
+    _metadata = ['model_params', 'budget', 'check', 'walk_check']
     def __init__(self, # A signature the docs can read (pandas' has unresolvable annotations)
                  *args, # Passed to `pd.DataFrame`
                  **kwargs, # Passed to `pd.DataFrame`
@@ -190,6 +190,8 @@ class DecompositionReport(pd.DataFrame):
         if bud is not None: res += f"\nbudget {bud[0]:.1%} of the selected layers' parameters: achieved {bud[1]:.2%}"
         chk = getattr(self, 'check', None)
         if chk: res += f" with the {closest(chk)} ranks (output distortion: {', '.join(f'{k} {v:.4g}' for k,v in chk.items())})"
+        wc = getattr(self, 'walk_check', None)
+        if wc: res += f"\n{closest(wc)} model kept (output distortion: walked {wc['walked']:.4g}, layers on their own {wc['independent']:.4g})"
         return res
 
     def __repr__(self): return f"{super().__repr__()}\n{self.totals()}"
@@ -227,7 +229,7 @@ class FC_Decomposer:
         check_options(o)
         for k in given: setattr(self, k, o.get(k))
         self.recipe,self.inplace,self.progress = recipe,inplace,progress
-        self.report,self.ranks,self.spectra,self.sensitivities,self.curvature,self.refined,self.check = None,{},{},{},{},{},{}
+        self.report,self.ranks,self.spectra,self.sensitivities,self.curvature,self.refined,self.check,self.walk_check = None,{},{},{},{},{},{},{}
 
     @property
     def uses_data(self)->bool: "Whether `decompose` calibrates on data: a data-aware `method`"; return self.method != 'svd'
@@ -422,7 +424,7 @@ def _checked(self:FC_Decomposer,
     build, # `build(res, rows)` decomposes the layers of `rows` in `res` at their ranks, each from its factorisation on the original model; returns the root
     walk=None, # `walk(res, rows)` decomposes them block by block with the ranks kept ([sequential calibration](sequential.html)); returns the root
 )->nn.Module:
-    "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters, each layer on its own; keep the ranks whose model's output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)), then `walk` with them"
+    "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters, each layer on its own; keep the ranks whose model's output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)), then `walk` with them, and keep the walked model unless the one decomposed layer by layer stays closer"
     shapes = [(r.out_features, r.in_features, r.params_before) for r in rows]
     spent = sum(p if r.rank is None else factored_params(m, n, r.rank) for (m,n,p),r in zip(shapes, rows))
     for r in rows: r.lin = None   # the layers are read from `res`, and put back from `orig`
@@ -440,9 +442,15 @@ def _checked(self:FC_Decomposer,
         runs[how] = (walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
     self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()], settle=5)))
     walked,layers,self.spectra = runs[closest(self.check)]
-    if walk: res,walked = make(res, [r.rank for r in walked], walk, True)
-    else:
-        for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
+    if walk:
+        spectra,(res,seq) = self.spectra,make(res, [r.rank for r in walked], walk, True)
+        d = output_distortion(res, orig, data, self.n_batches, self.distributed, [layers, {n:res.get_submodule(n) for n in layers}], settle=5)   # `res` is left with the walked layers
+        self.walk_check = dict(walked=d[1], independent=d[0])
+        if d[1] <= d[0]: walked,layers = seq,{}
+        else:
+            warnings.warn(f"the walked model's output is further from the original's than the layers decomposed on their own (output distortion {d[1]:.4g} against {d[0]:.4g} on the calibration data): those are kept")
+            self.spectra,self.refined = spectra,{}
+    for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
     for r,w in zip(rows, walked): vars(r).update(vars(w))
     return res
 
@@ -491,7 +499,7 @@ def decompose(self:FC_Decomposer,
     factors = {r.name:factors[r.name] if checked else factors[r.name].keep(r.rank) for r in todo if r.name in factors}
     orig = copy.deepcopy(model) if self.inplace and (self.sequential or checked) else model   # the original stream runs on it, the check compares with it
     res = model if self.inplace else copy.deepcopy(model, {id(t):t for r in todo if r.rank for t in _held(r.lin)})   # what is replaced is shared, not copied
-    self.check = {}
+    self.check,self.walk_check = {},{}
     if self.sequential: todo = sorted(todo, key=lambda r: order.index(r.name) if r.name in order else len(order))
     def walk(res, rows):
         stats.clear(); factors.clear()   # the walk sums its own statistics, a block at a time
@@ -519,7 +527,7 @@ def _report(self:FC_Decomposer, rows:list[LayerPlan], n_params:int)->Decompositi
     if self.budget is not None:
         sel = df[[r.selected for r in rows]]
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
-    if self.check: df.check = self.check
+    if self.check: df.check,df.walk_check = self.check,self.walk_check
     return df
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #57ae95d2

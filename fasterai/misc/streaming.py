@@ -251,7 +251,7 @@ def _stream(self:FC_Decomposer,
     _mmap_large()
     rows = self._select(model, check=False)
     todo,n_params = [r for r in rows if r.selected],sum(p.numel() for p in model.parameters())
-    self.spectra,self.check,self.curvature,self.sensitivities,self.refined = {},{},{},{},{}
+    self.spectra,self.check,self.walk_check,self.curvature,self.sensitivities,self.refined = {},{},{},{},{},{}
     if self.budget is not None:   # (weights alone) every spectrum, then the ranks, then the factors
         spectra = {}
         for r in self._bar(todo):
