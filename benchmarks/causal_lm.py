@@ -137,18 +137,20 @@ def main(quick=False, save=None, cuts=(0.2, 0.4, 0.6, 0.8)):
     print(f"| method | {' | '.join(f'{int(c*100)}% fewer' for c in cuts)} | decomposition time (s, at each) |\n|---|{'---|'*len(cuts)}---|")
     print(f"| original | {' | '.join(f'{base:.2f}' for _ in cuts)} | |", flush=True)
     from fasterai.misc.sensitivity import closest
-    names,res = list(methods(model, cuts[0])),dict(original=base, cuts=list(cuts), perplexity={}, seconds={}, kept={})
+    names,res = list(methods(model, cuts[0])),dict(original=base, cuts=list(cuts), perplexity={}, seconds={}, kept={}, walked={})
     for m in names:
         ppl,secs = [],[]
         for c in cuts:
             dec = methods(model, c)[m]
             t = time.perf_counter(); new = dec.decompose(model, calib); secs.append(time.perf_counter()-t)
             if dec.check: res['kept'].setdefault(m, []).append(closest(dec.check))   # a budget with data: the ranks its check kept
+            if dec.walk_check: res['walked'].setdefault(m, []).append(closest(dec.walk_check))   # and, walked, the model the walk's check kept
             assert abs(decoder_params(new) - (1-c)*decoder_params(model)) <= 0.01*decoder_params(model), (m, c, decoder_params(new))   # same size, within 1%
             ppl.append(perplexity(new, test))
         print(f"| {m} | {' | '.join(f'{p:.2f}' for p in ppl)} | {' / '.join(f'{s:.1f}' for s in secs)} |", flush=True)
         res['perplexity'][m],res['seconds'][m] = ppl,secs
     for m,k in res['kept'].items(): print(f"\n{m}: the check kept the {' / '.join(k)} ranks", end='')
+    for m,k in res['walked'].items(): print(f"\n{m}: the walk's check kept the {' / '.join(k)} model", end='')
     print()
     if save: pathlib.Path(save).write_text(json.dumps(res, indent=1))
 

@@ -68,6 +68,7 @@ def test_causal_lm_quick(tmp_path, monkeypatch):
     assert all(w <= s for w,s in zip(ppl['whiten'], ppl['svd'])), out   # the data helps at every size
     assert all(b <= 1.01*u for b,u in zip(ppl['budget sequential'], ppl['whiten sequential'])), out   # its check keeps the better of its allocation and uniform ranks, on the calibration data
     assert re.search(r"^budget sequential: the check kept the (allocation|even)( / (allocation|even)){3} ranks$", out, re.M), out
+    assert re.search(r"^budget sequential: the walk's check kept the (walked|independent)( / (walked|independent)){3} model$", out, re.M), out
     assert (tmp_path/'causal_lm').exists()
 
 def test_recipes_quick():

@@ -17,6 +17,8 @@ def test_llm_quick(tmp_path):
     assert res['original'] < ppl['whiten'] < ppl['svd'], ppl   # data helps, and nothing is free
     assert 5*ppl['whiten'] < ppl['svd'], ppl   # whitening keeps far more of an LM than the weights' own SVD (27 against 869 measured)
     assert ppl['whiten sequential'] < ppl['svd'] and ppl['causal_lm'] < ppl['svd'], ppl   # (on 512 calibration tokens the walk loses to independent whitening: 32 against 27 measured)
+    walk = next(o for o in res['runs'] if o['method'] == 'causal_lm')['walk_check']   # the recipe's walk, measured against the layers decomposed on their own
+    assert walk.keys() == {'walked', 'independent'} and all(0 < v < 10 for v in walk.values()), walk   # KL divergences per token
     for o in res['runs']:   # every method at the same size: within the cut, and within a layer's rank step of it
         assert 0.8*o['params_before'] - 4*7*(576+1536) <= o['params'] <= 0.8*o['params_before'], o
     assert r.stdout.count('\n| ') == 6, r.stdout   # the header, the original and a row per method
