@@ -446,7 +446,7 @@ def _checked(self:FC_Decomposer,
         spectra,(res,seq) = self.spectra,make(res, [r.rank for r in walked], walk, True)
         d = output_distortion(res, orig, data, self.n_batches, self.distributed, [layers, {n:res.get_submodule(n) for n in layers}], settle=5)   # `res` is left with the walked layers
         self.walk_check = dict(walked=d[1], independent=d[0])
-        if d[1] <= d[0]: walked,layers = seq,{}
+        if closest(self.walk_check) == 'walked': walked,layers = seq,{}   # the rule the report reads
         else:
             warnings.warn(f"the walked model's output is further from the original's than the layers decomposed on their own (output distortion {d[1]:.4g} against {d[0]:.4g} on the calibration data): those are kept")
             self.spectra,self.refined = spectra,{}
