@@ -172,7 +172,7 @@ def matches(entry, # A module name, a glob, or a module class
 # %% ../../nbs/misc/fc_decomposer.ipynb #f329ac43
 class DecompositionReport(pd.DataFrame):
     "Per-layer report of a decomposition, shown with its totals"
-    _metadata = ['model_params', 'budget', 'check', 'walk_check']
+    _metadata = ['layer_params', 'model_params', 'budget', 'check', 'walk_check']
     def __init__(self, # A signature the docs can read (pandas' has unresolvable annotations)
                  *args, # Passed to `pd.DataFrame`
                  **kwargs, # Passed to `pd.DataFrame`
@@ -181,8 +181,9 @@ class DecompositionReport(pd.DataFrame):
     def _constructor(self): return DecompositionReport
 
     def totals(self)->str:
-        "Parameters of the layers and of the whole model, before and after"
-        b,a = int(self.params_before.sum()),int(self.params_after.sum())
+        "Parameters of the layers and of the whole model, before and after: the whole decomposition's, on any slice of its report too (empty for a frame it never summed)"
+        if getattr(self, 'layer_params', None) is None: return ''
+        b,a = self.layer_params
         pct = lambda b,a: f"{100*(a-b)/b:+.1f}%" if b else "n/a"
         res = f"layers: {b:,} -> {a:,} parameters ({pct(b, a)})"
         mb,bud = getattr(self, 'model_params', None),getattr(self, 'budget', None)
@@ -194,8 +195,8 @@ class DecompositionReport(pd.DataFrame):
         if wc: res += f"\n{closest(wc)} model kept (output distortion: walked {wc['walked']:.4g}, layers on their own {wc['independent']:.4g})"
         return res
 
-    def __repr__(self): return f"{super().__repr__()}\n{self.totals()}"
-    def _repr_html_(self): return f"{super()._repr_html_()}<p>{self.totals()}</p>"
+    def __repr__(self): return super().__repr__() + (f"\n{t}" if (t := self.totals()) else '')
+    def _repr_html_(self): return super()._repr_html_() + (f"<p>{t}</p>" if (t := self.totals()) else '')
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #3b6430df
 class FC_Decomposer:
@@ -523,7 +524,7 @@ def _report(self:FC_Decomposer, rows:list[LayerPlan], n_params:int)->Decompositi
     df = DecompositionReport([{**{c:getattr(r, c) for c in cols}, 'params_after':r.params_before if r.params_after is None else r.params_after}
                               for r in rows], columns=cols).astype(dict(rank='Int64'))
     if self.sensitivities: df['sensitivity'] = [self.sensitivities.get(r.name) for r in rows]
-    df.model_params = n_params
+    df.layer_params,df.model_params = (int(df.params_before.sum()), int(df.params_after.sum())),n_params
     if self.budget is not None:
         sel = df[[r.selected for r in rows]]
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
