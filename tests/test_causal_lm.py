@@ -92,19 +92,20 @@ def test_mixed_precision_on_gpu(tmp_path, precision):
 
 @pytest.mark.slow
 def test_benchmark_quick(tmp_path, monkeypatch):
-    "benchmarks/llm_finetune.py --quick runs every configuration; training all parameters lowers the held-out perplexity, the factors alone do not raise it"
+    "benchmarks/llm_finetune.py --quick runs every configuration; training all parameters lowers the held-out perplexity, the factors alone (or with the norms) do not raise it"
     monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))
     bench = Path(__file__).parents[1]/'benchmarks'
-    r = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--runs', '0:all', '0.2:factors', '0.4:factors', '0.4:all'],
+    r = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--runs', '0:all', '0.2:factors', '0.4:factors', '0.4:norms', '0.4:all'],
                        capture_output=True, text=True, cwd=bench)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [[c.strip() for c in l.strip('|').split('|')] for l in r.stdout.splitlines() if re.match(r'\| \d+% \|', l)]
-    assert [(x[0], x[1]) for x in rows] == [('0%', 'all'), ('20%', 'factors'), ('40%', 'factors'), ('40%', 'all')], r.stdout
+    assert [(x[0], x[1]) for x in rows] == [('0%', 'all'), ('20%', 'factors'), ('40%', 'factors'), ('40%', 'norms'), ('40%', 'all')], r.stdout
     for x in rows:
         ppl = [float(v) for v in x[3].split(' / ')]   # before, at each quarter, after
         assert len(ppl) == 5 and (ppl[-1] < ppl[0] if x[1] == 'all' else ppl[-1] < 1.01*ppl[0]), x   # the budget keeps most of this small model whole: few factors train
     n = {(x[0], x[1]):int(x[2].replace(',', '')) for x in rows}
     assert max(n['20%', 'factors'], n['40%', 'factors']) < n['40%', 'all'] < n['0%', 'all'], n
+    assert n['40%', 'norms'] - n['40%', 'factors'] == (2*2 + 1)*64, n   # the quick Llama (causal_lm.py's QUICK): two RMSNorms of 64 a layer, two layers, and the final one
 
 @pytest.mark.slow
 def test_benchmark_same_minutes(tmp_path, monkeypatch):
