@@ -18,7 +18,9 @@ thread sleeps rather than spins), the time it would take alone if both threads s
 steps times its own median seconds per step (decomposed models run faster: their 15 minutes' worth of steps ends
 sooner). With `--same-minutes` a decomposed run trains for the reference's minutes instead: the reference's steps times the
 ratio of their times a step (each timed first on 4 steps, on this machine), going round the reference's windows again
-after its last: the same text, the same minutes.
+after its last: the same text, the same minutes. With `--read-on` as well it reads on instead, past the reference's last
+window into the next ones of the same random order (the same training files, windows no run has trained on): what a
+faster model does with the same minutes on the same corpus. Its first steps are the reference's, window for window.
 
     python benchmarks/llm_finetune.py --save benchmarks/results/llm_finetune.json   # hours on 2 shared cores
     python benchmarks/llm_finetune.py --runs 0:all 0.2:factors 0.4:factors          # some runs only
@@ -28,6 +30,8 @@ after its last: the same text, the same minutes.
                                                       # from decompositions calibrated on 64 x 256 tokens (the reference row copied from llm_finetune.json)
     python benchmarks/llm_finetune.py --steps 126 --n-calib 64 --same-minutes --save benchmarks/results/llm_finetune_minutes.json --runs 0.2:factors 0.4:factors
                                                       # each decomposed run given the reference's minutes (the reference row copied from llm_finetune.json)
+    python benchmarks/llm_finetune.py --steps 126 --n-calib 128 --same-minutes --read-on --save benchmarks/results/llm_finetune_readon.json --runs 0.2:factors
+                                                      # the same minutes, reading on through new windows rather than round the reference's again
     python benchmarks/llm_finetune.py --table --save results/llm_finetune.json --plot results/llm_finetune.png   # its table and plot
     python benchmarks/llm_finetune.py --steps 40 --runs 0.2:factors --lr factors=3e-4 --save other.json   # another learning rate
     python benchmarks/llm_finetune.py --quick    # a tiny Llama trained in seconds: what CI runs
@@ -142,6 +146,12 @@ def clock():
                 print(f"  step {self.iter + 1}: perplexity {self.ppl[self.iter + 1]:.2f}, {statistics.median(self.cpu):.2f} s a step", file=sys.stderr, flush=True)
     return Clock
 
+def train_windows(all_w, bs, steps, n, n_calib, read_on=False):
+    "The windows a run of `n` steps of `bs` trains on: the reference's first `steps*bs` of `all_w` (`run` goes round them again past the last) or, `read_on`, as many as it needs, the next ones after the reference's (never the last `n_calib`: the calibration's)"
+    if not read_on or n <= steps: return all_w[:steps*bs]
+    if n*bs > len(all_w) - n_calib: raise ValueError(f"{n} steps of {bs} read on past the {len(all_w) - n_calib} training windows")
+    return all_w[:n*bs]
+
 def run(model, mode, train_w, eval_w, cfg, steps, teacher=None, at=None):
     "Fine-tune `model` on the windows `train_w` (one epoch of `steps` batches) in `mode`; its perplexity at the steps `at` (default: each quarter of them) and its time per step"
     from fastai.data.core import DataLoaders
@@ -189,7 +199,7 @@ def table(res):
                     f"{o['ppl'][0]:.2f} | {o['ppl'][-1]:.2f} | {f'{x:.2f}x' if x else ''} | {t} |")
     return '\n'.join(rows) + '\n'
 
-def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None, same_minutes=False):
+def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None, same_minutes=False, read_on=False):
     import transformers; transformers.utils.logging.disable_progress_bar()
     cfg = QUICK if quick else FULL
     cfg = dict(cfg, lr={**cfg['lr'], **(lr or {})}, n_calib=n_calib or cfg['n_calib'])
@@ -237,8 +247,9 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n
         if minuted or mode == 'distil' and timed:   # a budget of minutes: as many steps as fit, at this run's time a step
             probe = run(copy.deepcopy(m), mode, train_w, eval_w[:8], cfg, 4, model, at=())['s_per_step']
             n = int(minutes*60/probe) if minuted else min(steps, int(cfg['minutes']*60/probe))   # distil: slower than the reference, fewer steps fit
-        out = run(m, mode, train_w, eval_w, cfg, n, model)
-        out['decompose_s'],out['budget'],out['probe_s_per_step'] = secs,steps,probe
+        tw = train_windows(all_w, cfg['bs'], steps, n, cfg['n_calib'], minuted and read_on)
+        out = run(m, mode, tw, eval_w, cfg, n, model)
+        out['decompose_s'],out['budget'],out['probe_s_per_step'],out['read_on'] = secs,steps,probe,len(tw) > len(train_w)
         if minuted: out['reference_probe_s_per_step'] = ref_s
         res['runs'][r] = out
         p,ref = out['ppl'],res['runs'].get('0:all')
@@ -258,10 +269,12 @@ if __name__ == '__main__':
     ap.add_argument('--lr', nargs='*', default=[], help="learning rates as 'mode=rate', over the defaults (e.g. factors=3e-4)")
     ap.add_argument('--n-calib', type=int, help='calibration windows of the decompositions (default 16; the reference does not use them)')
     ap.add_argument('--same-minutes', action='store_true', help="give each decomposed run the reference's minutes, not its steps: the reference's run ('0:all', in --save or before in --runs) gives the steps, and both are timed on this machine")
+    ap.add_argument('--read-on', action='store_true', help="with --same-minutes: past the reference's last window, train on the next new windows rather than its first again")
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
+    if a.read_on and not a.same_minutes: ap.error('--read-on reads on past the reference\'s windows in its minutes: it needs --same-minutes')
     if a.table:
         res = json.loads(pathlib.Path(a.save).read_text())
         print(table(res), end='')
         if a.plot: plot(res, a.plot)
-    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib, a.same_minutes)
+    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib, a.same_minutes, a.read_on)

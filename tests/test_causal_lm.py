@@ -2,6 +2,7 @@
 import json, math, re, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
+from fastcore.test import test_eq
 import transformers
 import fastai.callback.schedule, fastai.callback.fp16
 from fastai.learner import load_learner
@@ -123,6 +124,24 @@ def test_benchmark_same_minutes(tmp_path, monkeypatch):
     assert ref['probe_s_per_step'] is None and dec['reference_probe_s_per_step'] > 0 and dec['probe_s_per_step'] > 0, dec
     assert dec['steps'][-1] == int(res['steps']*dec['reference_probe_s_per_step']/60*60/dec['probe_s_per_step']) > 0, dec   # the reference's minutes, at its time a step here
     assert len(dec['ppl']) == 5 and all(math.isfinite(p) for p in dec['ppl']), dec
+    r = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--same-minutes', '--read-on', '--save', out, '--runs', '0.2:factors'],
+                       capture_output=True, text=True, cwd=bench)   # the reference's run read from --save
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    dec = json.loads(out.read_text())['runs']['0.2:factors']
+    assert dec['read_on'] == (dec['steps'][-1] > res['steps']) and all(math.isfinite(p) for p in dec['ppl']), dec
+    bad = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--read-on', '--runs', '0.2:factors'], capture_output=True, text=True, cwd=bench)
+    assert bad.returncode != 0 and '--same-minutes' in bad.stderr, bad.stderr[-3000:]
+
+def test_train_windows():
+    "A run's windows: the reference's, gone round again, or (read on) the reference's then new ones, never the calibration's"
+    sys.path.insert(0, str(Path(__file__).parents[1]/'benchmarks'))
+    from llm_finetune import train_windows
+    w = torch.arange(100)[:, None].expand(100, 3)   # window i holds i
+    test_eq(train_windows(w, 4, 10, 15, 20), w[:40])   # going round: the reference's 40 windows only
+    test_eq(train_windows(w, 4, 10, 8, 20, read_on=True), w[:40])   # fewer steps than the reference's: nothing to read on to
+    on = train_windows(w, 4, 10, 20, 20, read_on=True)
+    test_eq(on[:40], w[:40]); test_eq(on[40:, 0], torch.arange(40, 80))   # the reference's windows first, then the next 40, all new
+    with pytest.raises(ValueError, match='21 steps of 4'): train_windows(w, 4, 10, 21, 20, read_on=True)   # into the calibration's last 20
 
 def test_transformers_alone_after_fine_tune(tmp_path):
     "A fine-tuned decomposed model saved with `save_pretrained` loads with `transformers` alone (`trust_remote_code=True`) and computes the same"
