@@ -195,7 +195,8 @@ def main(quick=False, save=None, methods=None, cuts=None, n_calib=None, n_eval=N
     for m in methods:
         rs = [child(m, c, cfg) for c in cuts]
         res['runs'] += rs
-        kept = f" (kept: {' / '.join(r['kept'] + (', ' + closest(r['walk_check']) if 'walk_check' in r else '') for r in rs)})" if all('kept' in r for r in rs) else ''
+        ks = [', '.join([r[k] if k == 'kept' else closest(r[k]) for k in ('kept', 'walk_check') if k in r]) for r in rs]   # the allocation's check, the walk's
+        kept = f" (kept: {' / '.join(ks)})" if all(ks) else ''
         cell = lambda k, f: ' / '.join(format(r[k], f) for r in rs)
         print(f"| {m}{kept} | {' | '.join(format(r['perplexity'], '.2f') for r in rs)} | {cell('seconds', '.0f')} | {cell('peak_mib', '.0f')} |", flush=True)
         if save: pathlib.Path(save).write_text(json.dumps(res, indent=1))

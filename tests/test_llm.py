@@ -17,8 +17,13 @@ def test_llm_quick(tmp_path):
     assert res['original'] < ppl['whiten'] < ppl['svd'], ppl   # data helps, and nothing is free
     assert 5*ppl['whiten'] < ppl['svd'], ppl   # whitening keeps far more of an LM than the weights' own SVD (27 against 869 measured)
     assert ppl['whiten sequential'] < ppl['svd'] and ppl['causal_lm'] < ppl['svd'], ppl   # (on 512 calibration tokens the walk loses to independent whitening: 32 against 27 measured)
-    walk = next(o for o in res['runs'] if o['method'] == 'causal_lm')['walk_check']   # the recipe's walk, measured against the layers decomposed on their own
-    assert walk.keys() == {'walked', 'independent'} and all(0 < v < 10 for v in walk.values()), walk   # KL divergences per token
+    for m in ('causal_lm', 'whiten sequential'):   # every walk, with a budget or without, measured against the layers decomposed on their own
+        walk = next(o for o in res['runs'] if o['method'] == m)['walk_check']
+        assert walk.keys() == {'walked', 'independent'} and all(0 < v < 10 for v in walk.values()), walk   # KL divergences per token
+    seq = next(o for o in res['runs'] if o['method'] == 'whiten sequential')
+    if seq['walk_check']['independent'] < seq['walk_check']['walked']:   # the layers on their own kept: independent whitening's model
+        assert abs(ppl['whiten sequential'] - ppl['whiten']) < 1e-3*ppl['whiten'], ppl
+    assert r.stdout.count('(kept: walked)') + r.stdout.count('(kept: independent)') == 1, r.stdout   # the plain walk's row says which it kept
     for o in res['runs']:   # every method at the same size: within the cut, and within a layer's rank step of it
         assert 0.8*o['params_before'] - 4*7*(576+1536) <= o['params'] <= 0.8*o['params_before'], o
     assert r.stdout.count('\n| ') == 6, r.stdout   # the header, the original and a row per method

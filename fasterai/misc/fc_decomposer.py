@@ -388,15 +388,13 @@ def _calibrate(self:FC_Decomposer, model, rows, data)->tuple[dict, list]:
     self.curvature = {}
     if not self.uses_data or not rows: return {},[]
     if data is None: raise ValueError(f"method={self.method!r} calibrates on data: pass `data` to `decompose`")
-    n = 1 if self.sequential and not self.spectral else self.n_batches   # sequential calibration only needs the order from this pass
-    layers,moments = {r.name:r.lin for r in rows},self.spectral or not self.sequential
-    curv = lambda: jacobian_sensitivity(model, layers, data, self.n_batches, full=True, distributed=self.distributed) if self.weigh_outputs else {}
-    if self.weigh_outputs and n == self.n_batches:   # the curvature's forward passes sum the statistics as well
-        with Recording(model, layers, moments) as rec: self.curvature = curv()
+    layers = {r.name:r.lin for r in rows}   # (sequential too: the walk's check builds the layers on their own from these)
+    if self.weigh_outputs:   # the curvature's forward passes sum the statistics as well
+        with Recording(model, layers) as rec: self.curvature = jacobian_sensitivity(model, layers, data, self.n_batches, full=True, distributed=self.distributed)
         stats,order = rec.result(self.distributed)
-    else: stats,order = collect_stats(model, layers, data, n, moments=moments, distributed=self.distributed); self.curvature = curv()
+    else: stats,order = collect_stats(model, layers, data, self.n_batches, distributed=self.distributed)
     for r in rows:
-        if r.name not in order and n == self.n_batches: raise ValueError(f"layer '{r.name}' never ran on the calibration data: exclude it, or use method='svd'")
+        if r.name not in order: raise ValueError(f"layer '{r.name}' never ran on the calibration data: exclude it, or use method='svd'")
     return stats,order
 
 @patch
@@ -420,12 +418,13 @@ def _sequential(self:FC_Decomposer,
 def _checked(self:FC_Decomposer,
     orig:nn.Module, # The original model (never modified)
     res:nn.Module, # The model being decomposed, in place
-    rows:list[LayerPlan], # Plans of the layers the budget covers (in the order the model runs them, for `sequential`), with the allocation's ranks (`None`: kept whole)
+    rows:list[LayerPlan], # Plans of the layers the budget covers, or of those decomposed (in the order the model runs them, for `sequential`), with the ranks chosen (`None`: kept whole)
     data, # Calibration data
     build, # `build(res, rows)` decomposes the layers of `rows` in `res` at their ranks, each from its factorisation on the original model; returns the root
     walk=None, # `walk(res, rows)` decomposes them block by block with the ranks kept ([sequential calibration](sequential.html)); returns the root
+    even:bool=True, # Check the ranks against `even_ranks` of the same parameters (a budget's allocation); `False`: the ranks stand
 )->nn.Module:
-    "`budget` with data: decompose with the allocation's ranks, then with `even_ranks` of the same parameters, each layer on its own; keep the ranks whose model's output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)), then `walk` with them, and keep the walked model unless the one decomposed layer by layer stays closer"
+    "Decompose with the ranks chosen, each layer on its own, and (`even`: a budget's allocation) with `even_ranks` of the same parameters; keep the ranks whose model's output stays closer to `orig`'s ([checking an allocation](sensitivity.html#checking-an-allocation)), then `walk` with them, and keep the walked model unless the one decomposed layer by layer stays closer"
     shapes = [(r.out_features, r.in_features, r.params_before) for r in rows]
     spent = sum(p if r.rank is None else factored_params(m, n, r.rank) for (m,n,p),r in zip(shapes, rows))
     for r in rows: r.lin = None   # the layers are read from `res`, and put back from `orig`
@@ -437,12 +436,12 @@ def _checked(self:FC_Decomposer,
         self.spectra,walked = {},[replace(r, rank=k, reason=r.reason if k is None else None) for r,k in zip(rows, ks)]
         return how(res, [r for r in walked if r.rank]),walked
     runs = {}
-    for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent))):
-        if runs and ks == [r.rank for r in runs['allocation'][0]]: break   # the same ranks: the same model
+    for how,ks in (('allocation', [r.rank for r in rows]), ('even', even_ranks(shapes, spent) if even else None)):
+        if ks is None or runs and ks == [r.rank for r in runs['allocation'][0]]: break   # the same ranks: the same model
         res,walked = make(res, ks, build, bool(runs))
         runs[how] = (walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
-    self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()], settle=5)))
-    walked,layers,self.spectra = runs[closest(self.check)]
+    if len(runs) > 1: self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()], settle=5)))
+    walked,layers,self.spectra = runs[closest(self.check) if self.check else 'allocation']
     if walk:
         spectra,(res,seq) = self.spectra,make(res, [r.rank for r in walked], walk, True)
         d = output_distortion(res, orig, data, self.n_batches, self.distributed, [layers, {n:res.get_submodule(n) for n in layers}], settle=5)   # `res` is left with the walked layers
@@ -486,7 +485,7 @@ def decompose(self:FC_Decomposer,
     if data is not None and not self.uses_data:
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
-    checked = self.budget is not None and bool(stats)   # the allocation is checked against even ranks: over every layer the budget covers
+    checked = bool(stats) and (self.budget is not None or self.sequential)   # a budget's allocation checked against even ranks, over every layer it covers; a walk against the layers on their own
     later,factors,spectra = not self.sequential or checked,{},{}   # later: the factors serve after the ranks are chosen (a `measured` sensitivity needs a budget: checked)
     for r in (self._bar(todo) if self.spectral else []):
         f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
@@ -507,10 +506,9 @@ def decompose(self:FC_Decomposer,
         return self._sequential(orig, res, rows, data)
     if checked:   # the factorisations serve both candidates; sequential, the walk follows with the ranks kept
         def build(res, rows):
-            for r in self._bar(rows): res = self._replace(res, r, factors[r.name], stats[r.name], measure=not self.sequential)   # the walk's errors are reported
+            for r in self._bar(rows): res = self._replace(res, r, factors.get(r.name), stats[r.name], measure=not self.sequential)   # the walk's errors are reported
             return res
-        res = self._checked(orig, res, todo, data, build, walk if self.sequential else None)
-    elif self.sequential: res = walk(res, todo)
+        res = self._checked(orig, res, todo, data, build, walk if self.sequential else None, even=self.budget is not None)
     else:
         for r in self._bar(todo): res = self._replace(res, r, factors.pop(r.name, None), stats.pop(r.name, None))
     self.ranks = {r.name:r.rank for r in rows if r.rank is not None}
@@ -528,7 +526,7 @@ def _report(self:FC_Decomposer, rows:list[LayerPlan], n_params:int)->Decompositi
     if self.budget is not None:
         sel = df[[r.selected for r in rows]]
         df.budget = self.budget,sel.params_after.sum()/sel.params_before.sum()
-    if self.check: df.check,df.walk_check = self.check,self.walk_check
+    if self.check or self.walk_check: df.check,df.walk_check = self.check,self.walk_check
     return df
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #57ae95d2
