@@ -2,7 +2,7 @@
 import json, math, re, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
-from fastcore.test import test_eq
+from fastcore import test as fct   # (as `test_eq`, pytest would collect it)
 import transformers
 import fastai.callback.schedule, fastai.callback.fp16
 from fastai.learner import load_learner
@@ -137,10 +137,10 @@ def test_train_windows():
     sys.path.insert(0, str(Path(__file__).parents[1]/'benchmarks'))
     from llm_finetune import train_windows
     w = torch.arange(100)[:, None].expand(100, 3)   # window i holds i
-    test_eq(train_windows(w, 4, 10, 15, 20), w[:40])   # going round: the reference's 40 windows only
-    test_eq(train_windows(w, 4, 10, 8, 20, read_on=True), w[:40])   # fewer steps than the reference's: nothing to read on to
+    fct.test_eq(train_windows(w, 4, 10, 15, 20), w[:40])   # going round: the reference's 40 windows only
+    fct.test_eq(train_windows(w, 4, 10, 8, 20, read_on=True), w[:40])   # fewer steps than the reference's: nothing to read on to
     on = train_windows(w, 4, 10, 20, 20, read_on=True)
-    test_eq(on[:40], w[:40]); test_eq(on[40:, 0], torch.arange(40, 80))   # the reference's windows first, then the next 40, all new
+    fct.test_eq(on[:40], w[:40]); fct.test_eq(on[40:, 0], torch.arange(40, 80))   # the reference's windows first, then the next 40, all new
     with pytest.raises(ValueError, match='21 steps of 4'): train_windows(w, 4, 10, 21, 20, read_on=True)   # into the calibration's last 20
 
 def test_transformers_alone_after_fine_tune(tmp_path):
