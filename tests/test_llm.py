@@ -16,7 +16,7 @@ def test_llm_quick(tmp_path):
     assert 5 < res['original'] < 50, res['original']   # a working LM on Python's own source and docstrings
     assert res['original'] < ppl['whiten'] < ppl['svd'], ppl   # data helps, and nothing is free
     assert 5*ppl['whiten'] < ppl['svd'], ppl   # whitening keeps far more of an LM than the weights' own SVD (27 against 869 measured)
-    assert ppl['whiten sequential'] < ppl['svd'] and ppl['causal_lm'] < ppl['svd'], ppl   # (on 512 calibration tokens the walk loses to independent whitening: 32 against 27 measured)
+    assert ppl['whiten sequential'] < ppl['svd'] and ppl['causal_lm'] < ppl['svd'], ppl   # (on 512 calibration tokens the plain walk is further from the original than whitening: its check keeps the layers on their own)
     for m in ('causal_lm', 'whiten sequential'):   # every walk, with a budget or without, measured against the layers decomposed on their own
         walk = next(o for o in res['runs'] if o['method'] == m)['walk_check']
         assert walk.keys() == {'walked', 'independent'} and all(0 < v < 10 for v in walk.values()), walk   # KL divergences per token

@@ -486,11 +486,11 @@ def decompose(self:FC_Decomposer,
         warnings.warn("`data` is not used: method='svd' factorises the weights alone; choose method='whiten' (or 'asvd') to calibrate on it")
     stats,order = self._calibrate(model, todo, data)
     checked = bool(stats) and (self.budget is not None or self.sequential)   # a budget's allocation checked against even ranks, over every layer it covers; a walk against the layers on their own
-    later,factors,spectra = not self.sequential or checked,{},{}   # later: the factors serve after the ranks are chosen (a `measured` sensitivity needs a budget: checked)
+    factors,spectra = {},{}   # the factors serve after the ranks are chosen: to the check's candidates, a `measured` sensitivity
     for r in (self._bar(todo) if self.spectral else []):
         f = self._svd(r.lin, stats.get(r.name), g=self.curvature.get(r.name))
         spectra[r.name] = f.s   # weighed: of G^½WL, the norm the layer is truncated in
-        if later: factors[r.name] = f
+        factors[r.name] = f
     self.sensitivities = self._sensitivity(model, todo, factors, stats, data) if self.budget is not None and stats else {}
     self._choose_ranks(model, todo, spectra)
     if self.distributed:   # rank 0's ranks: spectra that differ in their last bits (on unlike hardware) could pick others
