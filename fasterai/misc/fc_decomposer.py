@@ -15,7 +15,7 @@ from .calibration import CorrectedSVD, PairStats, Recording, collect_stats, data
 from .distributed import broadcast_, from_rank0, group_size
 from .fast_svd import FactorSVD, LowRankSVD
 from .ranks import allocate_budget, even_ranks, factored_params, rank_from_energy, rank_from_params, rank_from_ratio, truncation_error
-from .sensitivity import closest, jacobian_sensitivity, measured_sensitivity, output_distortion
+from .sensitivity import answered, closest, jacobian_sensitivity, measured_sensitivity, output_distortion
 from .sequential import sequential_walk
 from .speed import faster_as_pair, round_rank
 from .surgery import (blocked, dropped, features, is_linear, is_pair, keep_off_fast_path, linear_pair,
@@ -440,16 +440,28 @@ def _checked(self:FC_Decomposer,
         if ks is None or runs and ks == [r.rank for r in runs['allocation'][0]]: break   # the same ranks: the same model
         res,walked = make(res, ks, build, bool(runs))
         runs[how] = (walked, {r.name:res.get_submodule(r.name) for r in rows}, self.spectra)
-    if len(runs) > 1: self.check = dict(zip(runs, output_distortion(res, orig, data, self.n_batches, self.distributed, [v[1] for v in runs.values()], settle=5)))
-    walked,layers,self.spectra = runs[closest(self.check) if self.check else 'allocation']
+    def measure(res, how, seq):   # every set of ranks (`how` None) or `how`'s, and the walk at `how`'s ranks (`seq`), in one pass: `res` is left with the last's layers
+        cands = {k:v[1] for k,v in runs.items() if how in (None, k)}
+        if seq is not None: cands['walked'] = {n:res.get_submodule(n) for n in cands[how or 'allocation']}
+        if len(cands) < 2: return {}
+        stop = lambda d: answered(d, list(cands), how or 'allocation')
+        return dict(zip(cands, output_distortion(res, orig, data, self.n_batches, self.distributed, list(cands.values()), settle=stop)))
+    seq = None
+    if walk: res,seq = make(res, [r.rank for r in runs['allocation'][0]], walk, True)   # at the allocation's ranks, measured in the ranks' own pass
+    d = measure(res, None, seq)
+    self.check = {k:d[k] for k in runs} if len(runs) > 1 else {}   # the ranks are chosen on the layers decomposed on their own
+    pick = closest(self.check) if self.check else 'allocation'
+    if walk and pick != 'allocation':   # the even split won: the walk again, at its ranks
+        res,seq = make(res, [r.rank for r in runs[pick][0]], walk, True)
+        d = measure(res, pick, seq)
+    walked,layers,spectra = runs[pick]
     if walk:
-        spectra,(res,seq) = self.spectra,make(res, [r.rank for r in walked], walk, True)
-        d = output_distortion(res, orig, data, self.n_batches, self.distributed, [layers, {n:res.get_submodule(n) for n in layers}], settle=5)   # `res` is left with the walked layers
-        self.walk_check = dict(walked=d[1], independent=d[0])
-        if closest(self.walk_check) == 'walked': walked,layers = seq,{}   # the rule the report reads
+        self.walk_check = dict(walked=d['walked'], independent=d[pick])
+        if closest(self.walk_check) == 'walked': walked,layers,spectra = seq,{},self.spectra   # the rule the report reads
         else:
-            warnings.warn(f"the walked model's output is further from the original's than the layers decomposed on their own (output distortion {d[1]:.4g} against {d[0]:.4g} on the calibration data): those are kept")
-            self.spectra,self.refined = spectra,{}
+            warnings.warn(f"the walked model's output is further from the original's than the layers decomposed on their own (output distortion {d['walked']:.4g} against {d[pick]:.4g} on the calibration data): those are kept")
+            self.refined = {}
+    self.spectra = spectra
     for n,l in layers.items(): res = swap_module(res, res.get_submodule(n), l)   # nothing changes when the last is kept
     for r,w in zip(rows, walked): vars(r).update(vars(w))
     return res

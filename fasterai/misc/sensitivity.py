@@ -4,6 +4,7 @@
 
 # %% ../../nbs/misc/sensitivity.ipynb #82f889ee
 from __future__ import annotations
+from typing import Callable
 import numpy as np, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from .fast_svd import fill_lower
 from .surgery import linear_weight, low_rank_linear, swap_module
 
 # %% auto #0
-__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion', 'settled', 'closest']
+__all__ = ['model_output', 'jacobian_sensitivity', 'measured_sensitivity', 'output_distortion', 'settled', 'answered', 'closest']
 
 # %% ../../nbs/misc/sensitivity.ipynb #d3bad309
 def model_output(out, # What a model returned: a tensor, a tuple, a dict or a `transformers` `ModelOutput`
@@ -161,7 +162,7 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                       n_batches:int|None=None, # Use at most this many batches
                       distributed:bool=False, # Sum over the processes of the `torch.distributed` group, each with its own `data` ([distributed calibration](distributed.html))
                       variants:list|None=None, # `[{name: module}]`: versions of `model`, each one's modules swapped in at those names in turn (`model` is left with the last's), all measured in one pass that runs `ref` once a batch
-                      settle:float|None=None, # With `variants`: stop after the first batch at which the variant closest so far leads each other by `settle` standard errors (`settled`)
+                      settle:float|Callable|None=None, # With `variants`: stop after the first batch at which the variant closest so far leads each other by `settle` standard errors (`settled`), or at which `settle(d)` holds, `d` as `settled` takes it
                      )->float|list:
     "Mean distance of `model`'s main output from `ref`'s on `data`, per real row (the positions the attention mask keeps): the KL divergence of their distributions when the output is `logits`, else the squared distance (with `variants`: each variant's, in a list)"
     if settle is not None and variants is None: raise ValueError(f"settle={settle} compares variants: pass `variants`")
@@ -177,7 +178,9 @@ def output_distortion(model:nn.Module, # Model measured (not modified, unless `v
                 for i,v in enumerate(vs):
                     for n,l in v.items(): model = swap_module(model, model.get_submodule(n), l)
                     per[i].append(_distortion(model(*a, **kw), r, keep))
-                if settle is not None and settled(torch.stack([torch.cat(p) for p in per]), settle): break
+                if settle is not None:
+                    d = torch.stack([torch.cat(p) for p in per])
+                    if settle(d) if callable(settle) else settled(d, settle): break
     finally:
         for m,t in modes.items(): m.training = t
     dist = [float(torch.cat(p).sum()) if p else 0. for p in per]
@@ -198,6 +201,18 @@ def settled(d:Tensor, # `(variants, samples)`: each variant's distance from the 
     best = int(d.sum(1).argmin())
     gap = d[torch.arange(len(d)) != best] - d[best]
     return bool((gap.mean(1) > z*gap.std(1)/n**0.5).all())
+
+# %% ../../nbs/misc/sensitivity.ipynb #ae77e0b5
+def answered(d:Tensor, # `(candidates, samples)`, as `settled` takes it
+             names:list, # The candidates' names: sets of ranks, and 'walked' for the walk at the ranks of `at`
+             at:str, # The set of ranks the walk took
+             z:float=5, # Standard errors by which the closest must lead, as `settled` takes them
+            )->bool:
+    "Whether more samples would not change the check's answers: which set of ranks is closest (`settled` among them), and, when that is `at`, whether the walk is closer still"
+    sets = [i for i,n in enumerate(names) if n != 'walked']
+    lead = sets[int(d[sets].sum(1).argmin())]
+    return ((len(sets) < 2 or settled(d[sets], z)) and
+            ('walked' not in names or names[lead] != at or settled(d[[lead, names.index('walked')]], z)))
 
 # %% ../../nbs/misc/sensitivity.ipynb #e6b9c3d2
 def closest(check:dict, # `{candidate: its output distortion}`, as `FC_Decomposer.check` holds
