@@ -157,10 +157,11 @@ def walked_check(cut=0.2, log=print)->dict:
         log(f"{name} at {cut:.0%}: {res[name]}")
     return res
 
-def fewer_passes(what='first', k=1, n_calib=16, cut=0.2)->dict:
+def fewer_passes(what='first', k=1, n_calib=16, cut=0.2, quick=False)->dict:
     """The `causal_lm` recipe with fewer passes over the data: its curvature (`what='curvature'`: the statistics still
     from every batch) or its whole first pass (`'first'`: the curvature, the spectra, the allocation and its check) on
-    the first `k` calibration batches, the walk on all of them: `llm.one`'s result (perplexity, seconds)"""
+    the first `k` calibration batches, the walk on all of them: `llm.one`'s result (perplexity, seconds); `quick`: on `llm.QUICK`'s
+    layers and windows (what the tests run)"""
     import fasterai.misc.fc_decomposer as fd
     cal,chk,js = fd.FC_Decomposer._calibrate,fd.FC_Decomposer._checked,fd.jacobian_sensitivity
     def first_k(f):   # `f` with `n_batches` set to `k` while it runs
@@ -169,10 +170,13 @@ def fewer_passes(what='first', k=1, n_calib=16, cut=0.2)->dict:
             try: return f(self, *a, **kw)
             finally: self.n_batches = nb
         return g
-    def checked(self, orig, res, rows, data, build, walk=None):   # the check on `k` batches, the walk on all
+    def checked(self, orig, res, rows, data, build, walk=None, **kw):   # the check on `k` batches, the walk (which comes before it) on all
         nb = self.n_batches
-        def walk_all(res, rows): self.n_batches = nb; return walk(res, rows)
-        return first_k(chk)(self, orig, res, rows, data, build, walk_all if walk else None)
+        def walk_all(res, rows):
+            self.n_batches = nb
+            try: return walk(res, rows)
+            finally: self.n_batches = k
+        return first_k(chk)(self, orig, res, rows, data, build, walk_all if walk else None, **kw)
     def curvature(model, layers, data, n_batches=None, **kw):   # the gradients of `k` batches (`llm.data`'s, dicts); the rest only run, for the statistics
         res = js(model, layers, data[:k], **kw)
         with torch.no_grad():
@@ -181,7 +185,7 @@ def fewer_passes(what='first', k=1, n_calib=16, cut=0.2)->dict:
     try:
         if what == 'first': fd.FC_Decomposer._calibrate,fd.FC_Decomposer._checked = first_k(cal),checked
         else: fd.jacobian_sensitivity = curvature
-        return llm.one('causal_lm', cut, dict(llm.FULL, n_calib=n_calib))
+        return llm.one('causal_lm', cut, dict(llm.QUICK if quick else llm.FULL, n_calib=n_calib))
     finally: fd.FC_Decomposer._calibrate,fd.FC_Decomposer._checked,fd.jacobian_sensitivity = cal,chk,js
 
 if __name__ == '__main__':

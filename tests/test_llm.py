@@ -27,3 +27,15 @@ def test_llm_quick(tmp_path):
     for o in res['runs']:   # every method at the same size: within the cut, and within a layer's rank step of it
         assert 0.8*o['params_before'] - 4*7*(576+1536) <= o['params'] <= 0.8*o['params_before'], o
     assert r.stdout.count('\n| ') == 6, r.stdout   # the header, the original and a row per method
+
+@pytest.mark.slow
+def test_llm_lab_fewer_passes():
+    "benchmarks/llm_lab.py's fewer passes (a table of the benchmarks page) still run the recipe, on less of its data"
+    pytest.importorskip('gguf')
+    sys.path.insert(0, str(bench))
+    import llm, llm_lab
+    full = llm.one('causal_lm', 0.2, dict(llm.QUICK, n_calib=16))   # 2 batches of 8 x 128 tokens
+    for what in ('curvature', 'first'):
+        r = llm_lab.fewer_passes(what, 1, 16, quick=True)
+        assert 5 < r['perplexity'] < 100 and r['perplexity'] != full['perplexity'], (what, r['perplexity'], full['perplexity'])   # another model, from one batch
+        assert r['walk_check'].keys() == {'walked', 'independent'} and r['params'] <= 0.8*r['params_before'], r   # the recipe, within its budget, checked
