@@ -199,7 +199,17 @@ def table(res):
                     f"{o['ppl'][0]:.2f} | {o['ppl'][-1]:.2f} | {f'{x:.2f}x' if x else ''} | {t} |")
     return '\n'.join(rows) + '\n'
 
-def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None, same_minutes=False, read_on=False):
+def step_times(model, runs, all_w, eval_w, calib, cfg, n, key):
+    "Print each run's time a training step against the reference's, each timed over `n` steps, twice, alternately (sturdier than `--same-minutes`' 4-step probes)"
+    print(f"| cut | trained | round | reference (s a step) | decomposed (s a step) | ratio |\n|---|---|---|---|---|---|", flush=True)
+    for r in runs:
+        c,mode = r.split(':'); m,_ = decomposed(model, float(c), calib, key)
+        for i in range(2):
+            ref = run(copy.deepcopy(model), 'all', all_w, eval_w[:8], cfg, n, at=())['s_per_step']
+            dec = run(copy.deepcopy(m), mode, all_w, eval_w[:8], cfg, n, model, at=())['s_per_step']
+            print(f"| {float(c):.0%} | {mode} | {i+1} | {ref:.4g} | {dec:.4g} | {ref/dec:.2f} |", flush=True)
+
+def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n_calib=None, same_minutes=False, read_on=False, time_steps=None):
     import transformers; transformers.utils.logging.disable_progress_bar()
     cfg = QUICK if quick else FULL
     cfg = dict(cfg, lr={**cfg['lr'], **(lr or {})}, n_calib=n_calib or cfg['n_calib'])
@@ -211,6 +221,7 @@ def main(quick=False, save=None, runs=None, steps=None, plot_to=None, lr=None, n
     all_w = train_ids[:n_win*(seq+1)].view(n_win, seq+1)[torch.randperm(n_win, generator=g)]   # disjoint windows, in random order
     eval_w = clm.windows(eval_ids, seq+1, cfg['n_eval'], seed=None)
     calib = [dict(input_ids=x) for x in all_w[-cfg['n_calib']:, :-1].split(8)]   # calibration: windows no run trains on
+    if time_steps: return step_times(model, runs or [], all_w, eval_w, calib, cfg, time_steps, 'quick' if quick else 'smollm2')
     res = json.loads(pathlib.Path(save).read_text()) if save and pathlib.Path(save).exists() else {}
     res.update(model=name, seq=seq, bs=cfg['bs'], n_calib=cfg['n_calib'], n_eval=cfg['n_eval'], threads=cfg['threads'], lr=cfg['lr'], torch=torch.__version__.split('+')[0])
     res.setdefault('runs', {})
@@ -270,6 +281,7 @@ if __name__ == '__main__':
     ap.add_argument('--n-calib', type=int, help='calibration windows of the decompositions (default 16; the reference does not use them)')
     ap.add_argument('--same-minutes', action='store_true', help="give each decomposed run the reference's minutes, not its steps: the reference's run ('0:all', in --save or before in --runs) gives the steps, and both are timed on this machine")
     ap.add_argument('--read-on', action='store_true', help="with --same-minutes: past the reference's last window, train on the next new windows rather than its first again")
+    ap.add_argument('--step-times', type=int, help="time this many training steps of the reference and of each of --runs' decomposed models, twice, alternately, and print their ratios, running nothing else")
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
     if a.read_on and not a.same_minutes: ap.error('--read-on reads on past the reference\'s windows in its minutes: it needs --same-minutes')
@@ -277,4 +289,4 @@ if __name__ == '__main__':
         res = json.loads(pathlib.Path(a.save).read_text())
         print(table(res), end='')
         if a.plot: plot(res, a.plot)
-    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib, a.same_minutes, a.read_on)
+    else: main(a.quick, a.save, a.runs, a.steps, a.plot, {k:float(v) for k,v in (x.split('=') for x in a.lr)}, a.n_calib, a.same_minutes, a.read_on, a.step_times)

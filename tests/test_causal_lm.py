@@ -132,6 +132,17 @@ def test_benchmark_same_minutes(tmp_path, monkeypatch):
     bad = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--read-on', '--runs', '0.2:factors'], capture_output=True, text=True, cwd=bench)
     assert bad.returncode != 0 and '--same-minutes' in bad.stderr, bad.stderr[-3000:]
 
+def test_step_times(tmp_path, monkeypatch):
+    "`--step-times N` times the reference's training steps and each decomposed model's, twice, and prints their ratios, running nothing else"
+    monkeypatch.setenv('FASTERAI_CACHE', str(tmp_path))
+    bench = Path(__file__).parents[1]/'benchmarks'
+    r = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--step-times', '2', '--runs', '0.4:factors'], capture_output=True, text=True, cwd=bench)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [[c.strip() for c in l.strip('|').split('|')] for l in r.stdout.splitlines() if re.match(r'\| \d+% \|', l)]
+    assert [x[:3] for x in rows] == [['40%', 'factors', '1'], ['40%', 'factors', '2']], r.stdout
+    for x in rows: assert float(x[3]) > 0 and float(x[4]) > 0 and abs(float(x[5]) - float(x[3])/float(x[4])) <= 0.006 + 1e-3*float(x[5]), x   # the ratio of the two times (to its 2 decimals)
+    assert 'perplexity' not in r.stdout, r.stdout   # nothing trained to the end, nothing evaluated
+
 def test_train_windows():
     "A run's windows: the reference's, gone round again, or (read on) the reference's then new ones, never the calibration's"
     sys.path.insert(0, str(Path(__file__).parents[1]/'benchmarks'))
