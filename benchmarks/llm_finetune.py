@@ -285,6 +285,8 @@ if __name__ == '__main__':
     ap.add_argument('--table', action='store_true', help='print the markdown table of the runs in --save (and --plot them), running nothing')
     a = ap.parse_args()
     if a.read_on and not a.same_minutes: ap.error('--read-on reads on past the reference\'s windows in its minutes: it needs --same-minutes')
+    if a.step_times and not a.runs: ap.error('--step-times times the decomposed models of --runs against the reference: name them')
+    if a.step_times and (a.save or a.same_minutes or a.table or a.plot): ap.error('--step-times only times and prints: it saves, trains and plots nothing')
     if a.table:
         res = json.loads(pathlib.Path(a.save).read_text())
         print(table(res), end='')

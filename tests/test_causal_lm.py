@@ -142,6 +142,9 @@ def test_step_times(tmp_path, monkeypatch):
     assert [x[:3] for x in rows] == [['40%', 'factors', '1'], ['40%', 'factors', '2']], r.stdout
     for x in rows: assert float(x[3]) > 0 and float(x[4]) > 0 and abs(float(x[5]) - float(x[3])/float(x[4])) <= 0.006 + 1e-3*float(x[5]), x   # the ratio of the two times (to its 2 decimals)
     assert 'perplexity' not in r.stdout, r.stdout   # nothing trained to the end, nothing evaluated
+    for extra in (['--runs', '0.4:factors', '--save', str(tmp_path/'x.json')], []):   # nothing saved, and something to time: said, not ignored
+        bad = subprocess.run([sys.executable, bench/'llm_finetune.py', '--quick', '--step-times', '2', *extra], capture_output=True, text=True, cwd=bench)
+        assert bad.returncode != 0 and '--step-times' in bad.stderr and not (tmp_path/'x.json').exists(), bad.stderr[-3000:]
 
 def test_train_windows():
     "A run's windows: the reference's, gone round again, or (read on) the reference's then new ones, never the calibration's"
